@@ -1,0 +1,68 @@
+"""A small thread-safe LRU cache and the content key it is indexed by."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from typing import Callable, Generic, Hashable, TypeVar
+
+import numpy as np
+
+V = TypeVar("V")
+
+
+def image_key(image_rgb: np.ndarray) -> str:
+    """Content hash of an image array (pixels and shape), so equal uploads share work."""
+    digest = hashlib.sha256(np.ascontiguousarray(image_rgb).data)
+    digest.update(repr(image_rgb.shape).encode())
+    return digest.hexdigest()
+
+
+class LRUCache(Generic[V]):
+    """Bounded in entries. `get_or_compute` runs the computation outside the lock so
+    a slow miss does not block hits; two racing misses both compute, one result wins."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable) -> V | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return self._items[key]
+            return None
+
+    def put(self, key: Hashable, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], V]) -> V:
+        found = self.get(key)
+        if found is not None:
+            return found
+        with self._lock:
+            self.misses += 1
+        value = compute()
+        self.put(key, value)
+        return value
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()

@@ -1,0 +1,130 @@
+"""`python -m surgery explain IMAGE [IMAGE ...] --labels "person, bench, cat+grass"`.
+
+Exit codes: 0 all images explained; 2 bad arguments or at least one unreadable
+image (the others are still processed); 1 weights could not be obtained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .engine import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, MapOptions
+from .errors import InputError, UserError, WeightsUnavailable
+from .explain import explain_image
+from .feature_surgery import REDUNDANCY_MODES
+from .labels import parse_labels
+from .outputs import output_files, result_json, write_outputs
+from .preprocess import load_image
+from .registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage + message; we print one line
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("must be a finite number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m surgery", description="CLIP Surgery explanations from the command line.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    explain = commands.add_parser("explain", help="explain images: heatmaps, points, SAM masks")
+    explain.add_argument("images", nargs="+", help="image files or folders of images")
+    explain.add_argument("--labels", required=True, help='comma-separated labels; "a+b" combines targets')
+    explain.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION,
+                         help=f"CLIP input size, a multiple of the patch size in 224..1024 (default {DEFAULT_RESOLUTION})")
+    explain.add_argument("--threshold", type=_finite, default=None,
+                         help="raw CLIP Surgery similarity below which a region counts as no evidence (default: off)")
+    explain.add_argument("--redundancy", choices=REDUNDANCY_MODES, default=DEFAULT_REDUNDANCY)
+    explain.add_argument("--model", choices=list(CLIP_CHECKPOINTS), default=DEFAULT_CLIP)
+    explain.add_argument("--clip-checkpoint", type=Path, help="local CLIP state dict (.safetensors/.pt/.bin)")
+    explain.add_argument("--no-sam", action="store_true", help="skip SAM masks")
+    explain.add_argument("--sam-model", choices=list(SAM_CHECKPOINTS), default=None,
+                         help="SAM size (default vit_b on CPU, vit_h with CUDA)")
+    explain.add_argument("--sam-checkpoint", type=Path, help="local SAM state dict (.pth/.safetensors)")
+    explain.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    explain.add_argument("--out", type=Path, default=Path("out"), help="output folder (default ./out)")
+    return parser
+
+
+def expand_images(paths: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(path)
+    return found
+
+
+def _unique_stem(path: Path, used: set[str]) -> str:
+    stem, n = path.stem or "image", 2
+    candidate = stem
+    while candidate in used:
+        candidate, n = f"{stem}-{n}", n + 1
+    used.add(candidate)
+    return candidate
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from .loading import load_clip_explainer, load_sam_segmenter
+    from .registry import default_sam_model
+
+    parsed = parse_labels(args.labels)
+    for note in parsed.notes:
+        print(f"note: {note}", file=sys.stderr)
+    options = MapOptions(resolution=args.resolution, redundancy=args.redundancy)
+    images = expand_images(args.images)
+    if not images:
+        raise InputError("No images found in the given folders.")
+    explainer = load_clip_explainer(args.model, args.clip_checkpoint)
+    segmenter = None
+    sam_name = None
+    if not args.no_sam:
+        import torch
+
+        sam_name = args.sam_model or default_sam_model(torch.cuda.is_available())
+        segmenter = load_sam_segmenter(sam_name, args.sam_checkpoint, args.precision)
+        if args.sam_checkpoint:
+            sam_name = args.sam_checkpoint.name
+    failures = 0
+    used: set[str] = set()
+    for path in tqdm(images, desc="explaining", unit="image", disable=len(images) < 2):
+        try:
+            image = load_image(path, name=path.name)
+            explanation = explain_image(explainer, segmenter, image, parsed.labels, options, args.threshold)
+        except InputError as exc:
+            failures += 1
+            tqdm.write(f"error: {exc}", file=sys.stderr)
+            continue
+        result = result_json(explanation, model=explainer.name, sam_model=sam_name, notes=parsed.notes)
+        files = output_files(image, explanation, result, with_masks=segmenter is not None)
+        write_outputs(args.out / _unique_stem(path, used), files)
+    return 2 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return run_explain(args)
+    except WeightsUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

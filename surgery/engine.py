@@ -1,0 +1,174 @@
+"""The CLIP side of the product as one object with an explicit lifetime.
+
+`ClipExplainer` owns a read-only CLIP model and two bounded caches (image
+tokens per image and resolution, text features per label). `compute_maps`
+turns an image and labels into raw CLIP and CLIP Surgery maps; everything
+threshold-dependent happens later, on these arrays, without the model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from open_clip.model import CLIP
+
+from . import feature_surgery
+from .cache import LRUCache, image_key
+from .clip_model import build_clip
+from .errors import InputError
+from .image_encoder import DEFAULT_SURGERY_DEPTH, ImageTokens, check_resolution, encode_image_tokens
+from .labels import Label
+from .maps import mean_of_normalised
+from .preprocess import clip_input
+from .text_encoder import background_vocabulary, prompt_ensemble
+from .weights import file_sha256, load_state_dict
+
+DEFAULT_RESOLUTION = 512
+# `vocab` is the default: it is the reference demo's setting, it works for a
+# single label (where `labels` is identically zero), and the 59 background
+# classes make a label's map depend far less on which other labels were typed.
+DEFAULT_REDUNDANCY = "vocab"
+
+
+@dataclass(frozen=True)
+class MapOptions:
+    resolution: int = DEFAULT_RESOLUTION
+    redundancy: str = DEFAULT_REDUNDANCY
+    surgery_depth: int = DEFAULT_SURGERY_DEPTH
+
+
+@dataclass(frozen=True)
+class LabelMaps:
+    """Raw maps for one label on the (g, g) patch grid.
+
+    `surgery_parts` (P, g, g) are the raw feature-surgery maps the threshold and
+    the points work on (P = 1 for a plain label). `surgery_map` is what
+    maps.npz stores: the raw map, or for `a+b` the mean of the parts' min-max maps.
+    """
+
+    label: Label
+    clip_map: np.ndarray
+    surgery_map: np.ndarray
+    surgery_parts: np.ndarray
+    presence: float
+
+
+@dataclass(frozen=True)
+class MapsResult:
+    width: int
+    height: int
+    grid: int
+    options: MapOptions
+    labels: tuple[LabelMaps, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class ClipExplainer:
+    """CLIP + architecture/feature surgery with caches; safe to share between threads."""
+
+    def __init__(self, model: CLIP, *, name: str, weights_id: str,
+                 image_cache_entries: int = 8, text_cache_entries: int = 4096) -> None:
+        if not hasattr(model.visual, "transformer"):
+            raise InputError(f"{name} has no ViT image tower; ResNet CLIPs are not supported by this engine.")
+        self.model = model
+        self.name = name
+        self.weights_id = weights_id
+        self.patch_size = model.visual.conv1.kernel_size[0]
+        self.logit_scale = float(model.logit_scale.exp())
+        self._image_cache: LRUCache[ImageTokens] = LRUCache(image_cache_entries)
+        self._text_cache: LRUCache[torch.Tensor] = LRUCache(text_cache_entries)
+        self.image_encodings = 0  # real forward passes, for tests and benchmarks
+
+    @classmethod
+    def from_file(cls, path: str | Path, name: str | None = None, **kwargs) -> "ClipExplainer":
+        path = Path(path)
+        model = build_clip(load_state_dict(path))
+        return cls(model, name=name or path.name, weights_id=file_sha256(path)[:16], **kwargs)
+
+    # --- cached encoders -------------------------------------------------
+    def image_tokens(self, image_rgb: np.ndarray, resolution: int,
+                     surgery_depth: int = DEFAULT_SURGERY_DEPTH) -> ImageTokens:
+        check_resolution(resolution, self.patch_size)
+        key = (image_key(image_rgb), resolution, surgery_depth)
+
+        def compute() -> ImageTokens:
+            self.image_encodings += 1
+            return encode_image_tokens(self.model.visual, clip_input(image_rgb, resolution), surgery_depth)
+
+        return self._image_cache.get_or_compute(key, compute)
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """(K, c) ensemble features, computing only the labels not cached yet, in one batch."""
+        missing = [t for t in dict.fromkeys(texts) if (self.weights_id, t) not in self._text_cache]
+        if missing:
+            for text, feature in zip(missing, prompt_ensemble(self.model, missing)):
+                self._text_cache.put((self.weights_id, text), feature)
+        rows = [self._text_cache.get((self.weights_id, t)) for t in texts]
+        if any(row is None for row in rows):  # evicted between put and get by a concurrent request
+            return prompt_ensemble(self.model, list(texts))
+        return torch.stack(rows)
+
+    def warm_vocabulary(self) -> None:
+        """Encode the background vocabulary and the empty prompt ahead of the first request."""
+        self.text_features(list(background_vocabulary()) + [""])
+
+    # --- maps --------------------------------------------------------------
+    def compute_maps(self, image_rgb: np.ndarray, labels: tuple[Label, ...] | list[Label],
+                     options: MapOptions = MapOptions()) -> MapsResult:
+        if options.redundancy not in feature_surgery.REDUNDANCY_MODES:
+            raise InputError(f"Redundancy must be one of {', '.join(feature_surgery.REDUNDANCY_MODES)}.")
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        tokens = self.image_tokens(image_rgb, options.resolution, options.surgery_depth)
+        timings["clip_image"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        plain_texts = [label.text for label in labels if not label.is_combined]
+        part_texts = [part for label in labels if label.is_combined for part in label.parts]
+        context = list(dict.fromkeys(plain_texts + part_texts))  # what the labels are contrasted with
+        if options.redundancy == "vocab":
+            context = list(dict.fromkeys(context + list(background_vocabulary())))
+        if options.redundancy == "labels" and plain_texts and len(context) < 2:
+            raise InputError(
+                "Redundancy 'labels' needs at least two labels (with one it gives a flat map). "
+                "Add a label, or choose 'vocab' or 'empty'."
+            )
+        features = self.text_features(context + [""])
+        context_features, empty_feature = features[:-1], features[-1]
+        index = {text: i for i, text in enumerate(context)}
+        timings["text"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        surgery_tokens = tokens.surgery_tokens
+        if options.redundancy == "empty":
+            context_maps = feature_surgery.surgery_with_redundant(surgery_tokens, context_features, empty_feature)
+        else:
+            context_maps = feature_surgery.surgery_across_labels(surgery_tokens, context_features)
+        parts_maps = feature_surgery.surgery_with_redundant(surgery_tokens, context_features, empty_feature)
+        clip_maps = feature_surgery.plain_similarity(tokens.clip_tokens, context_features)
+        presence = (self.logit_scale * clip_maps[0, 0]).softmax(dim=-1)  # CLS row: image-level evidence
+        grid = tokens.grid
+
+        def grid_maps(similarity: torch.Tensor, texts: tuple[str, ...]) -> np.ndarray:
+            columns = [index[t] for t in texts]
+            return similarity[0, 1:, columns].T.reshape(len(columns), grid, grid).numpy().astype(np.float32)
+
+        results = []
+        for label in labels:
+            clip_parts = grid_maps(clip_maps, label.parts)
+            if label.is_combined:
+                surgery_parts = grid_maps(parts_maps, label.parts)  # §6: empty-prompt redundancy per part
+                surgery_map = mean_of_normalised(surgery_parts)
+                clip_map = mean_of_normalised(clip_parts)
+            else:
+                surgery_parts = grid_maps(context_maps, label.parts)
+                surgery_map, clip_map = surgery_parts[0], clip_parts[0]
+            label_presence = max(float(presence[index[p]]) for p in label.parts)
+            results.append(LabelMaps(label, clip_map, surgery_map, surgery_parts, label_presence))
+        timings["surgery"] = time.perf_counter() - start
+        height, width = image_rgb.shape[:2]
+        return MapsResult(width, height, grid, options, tuple(results), timings)

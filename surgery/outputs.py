@@ -1,0 +1,124 @@
+"""What an explanation looks like on disk: result.json, maps.npz and PNG overlays.
+
+The CLI writes these per image; the app zips the same files for download, so
+both give byte-for-byte the same schema.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from . import render
+from .explain import Explanation, LabelView
+from .maps import resize_map
+
+
+def label_record(view: LabelView) -> dict:
+    record = {
+        "label": view.text,
+        "found": bool(view.found),
+        "points": [[int(x), int(y), int(lab)] for x, y, lab in view.points],
+        "presence": round(float(view.maps.presence), 6),
+    }
+    if view.mask is not None:
+        record["mask_score"] = round(float(view.mask.score), 6)
+        record["mask_area"] = int(view.mask.mask.sum())
+    else:
+        record["mask_score"] = None
+        record["mask_area"] = None
+    return record
+
+
+def result_json(explanation: Explanation, *, model: str, sam_model: str | None,
+                notes: tuple[str, ...] | list[str] = ()) -> dict:
+    maps = explanation.maps
+    return {
+        "width": maps.width,
+        "height": maps.height,
+        "labels": [label_record(view) for view in explanation.labels],
+        "model": model,
+        "sam_model": sam_model,
+        "resolution": maps.options.resolution,
+        "redundancy": maps.options.redundancy,
+        "threshold": explanation.threshold,
+        "notes": list(notes),
+    }
+
+
+def maps_arrays(explanation: Explanation, with_masks: bool) -> dict[str, np.ndarray]:
+    maps = explanation.maps
+    arrays = {
+        "clip": np.stack([lm.clip_map for lm in maps.labels]).astype(np.float32),
+        "surgery": np.stack([lm.surgery_map for lm in maps.labels]).astype(np.float32),
+    }
+    if with_masks:
+        empty = np.zeros((maps.height, maps.width), dtype=bool)
+        arrays["masks"] = np.stack([v.mask.mask if v.mask is not None else empty for v in explanation.labels])
+    return arrays
+
+
+def overlay_images(image_rgb: np.ndarray, explanation: Explanation, with_masks: bool) -> dict[str, np.ndarray]:
+    """File name -> RGB image, for every PNG the CLI writes."""
+    height, width = image_rgb.shape[:2]
+    images: dict[str, np.ndarray] = {}
+    for view in explanation.labels:
+        slug = render.label_slug(view.text)
+        images[f"clip_{slug}.png"] = render.heat_overlay(image_rgb, resize_map(view.clip_display, height, width))
+        images[f"surgery_{slug}.png"] = render.heat_overlay(
+            image_rgb, resize_map(view.surgery_display, height, width))
+        images[f"points_{slug}.png"] = render.draw_points(image_rgb, view.points)
+    if with_masks:
+        colours = render.palette(len(explanation.labels))
+        for view, colour in zip(explanation.labels, colours):
+            if view.mask is not None:
+                images[f"sam_{render.label_slug(view.text)}.png"] = render.draw_mask(
+                    image_rgb, view.mask.mask, view.points, colour)
+        images["masks.png"] = render.draw_masks_legend(
+            image_rgb, [v.mask.mask if v.mask is not None else None for v in explanation.labels],
+            [v.text for v in explanation.labels])
+    return images
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def png_bytes(image_rgb: np.ndarray) -> bytes:
+    import cv2
+
+    ok, encoded = cv2.imencode(".png", image_rgb[:, :, ::-1])
+    if not ok:  # pragma: no cover - cv2 encodes any uint8 RGB
+        raise RuntimeError("PNG encoding failed")
+    return encoded.tobytes()
+
+
+def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, with_masks: bool) -> dict[str, bytes]:
+    """Every output file's name and bytes."""
+    files = {
+        "result.json": json.dumps(result, indent=2, ensure_ascii=False).encode("utf-8"),
+        "maps.npz": _npz_bytes(maps_arrays(explanation, with_masks)),
+    }
+    for name, image in overlay_images(image_rgb, explanation, with_masks).items():
+        files[name] = png_bytes(image)
+    return files
+
+
+def write_outputs(directory: Path, files: dict[str, bytes]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, payload in files.items():
+        (directory / name).write_bytes(payload)
+
+
+def zip_outputs(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, payload in files.items():
+            archive.writestr(name, payload)
+    return buffer.getvalue()

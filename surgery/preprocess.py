@@ -1,0 +1,99 @@
+"""Decoding images and turning them into CLIP input tensors.
+
+Decoding is defensive: the pixel count is checked from the header before the
+full image is decoded (decompression bombs), EXIF orientation is applied, and
+every mode PIL knows (16-bit, CMYK, palette, alpha, grayscale) ends as RGB uint8.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InputError
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_PIXELS = 40_000_000  # 40 MP: beyond this a 2-core Space would spend seconds just decoding
+MIN_SIDE = 8
+
+
+def _open_checked(source: str | os.PathLike | bytes | Image.Image, name: str) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    try:
+        handle = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")
+    except OSError:
+        raise InputError(f"{name} could not be opened. Check that the file exists and is readable.") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(handle)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+        raise InputError(
+            f"{name} is not an image this app can read. Use a JPEG, PNG, WebP, GIF, BMP or TIFF file."
+        ) from None
+    return image
+
+
+def check_pixel_count(width: int, height: int, name: str = "The image") -> None:
+    if width * height > MAX_PIXELS:
+        raise InputError(
+            f"{name} is {width}×{height} = {width * height / 1e6:.0f} megapixels; the limit is "
+            f"{MAX_PIXELS / 1e6:.0f} MP. Downscale it and try again."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise InputError(f"{name} is {width}×{height}; both sides must be at least {MIN_SIDE} pixels.")
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from any PIL mode; transparency is composited onto white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def load_image(source: str | os.PathLike | bytes | Image.Image, name: str = "The image") -> np.ndarray:
+    """Decode, check size, apply EXIF orientation, return RGB uint8 (H, W, 3).
+
+    Raises `InputError` for anything unreadable, truncated, empty or too large.
+    """
+    image = _open_checked(source, name)
+    check_pixel_count(*image.size, name=name)
+    try:
+        image.seek(0)  # GIF/TIFF: the first frame
+    except (EOFError, AttributeError, ValueError):
+        pass
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        rgb = to_rgb_array(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise InputError(f"{name} is truncated or corrupt. Re-export or re-download it and try again.") from None
+    check_pixel_count(rgb.shape[1], rgb.shape[0], name=name)
+    return rgb
+
+
+def clip_input(image_rgb: np.ndarray, resolution: int) -> torch.Tensor:
+    """(1, 3, R, R) float32: whole-image bicubic resize (PIL, as torchvision's Resize on a
+    PIL image does), scaled to [0, 1], normalised with CLIP's mean and std. No centre crop:
+    the whole image is explained."""
+    resized = Image.fromarray(image_rgb).resize((resolution, resolution), Image.BICUBIC)
+    pixels = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
+    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(3, 1, 1)
+    return ((pixels - mean) / std).unsqueeze(0)

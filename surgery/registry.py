@@ -1,0 +1,81 @@
+"""Named checkpoints on the Hugging Face Hub (a table, apart from the loaders).
+
+Like open_clip's `pretrained.py`: each entry says where the weights live and how
+to check them. `surgery.weights` does the downloading and verification.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HubCheckpoint:
+    """One downloadable weight file.
+
+    `sha256` is the full digest when we know it. `sha256_prefix` is the leading
+    hex digits when only those are published (Meta's SAM files carry the first
+    six digits of their SHA-256 in their file names, torch.hub style).
+    """
+
+    name: str
+    repo_id: str
+    filename: str
+    sha256: str | None = None
+    sha256_prefix: str | None = None
+    size_note: str = ""
+
+
+OPENAI_CLIP_FILE = "open_clip_model.safetensors"
+
+CLIP_CHECKPOINTS: dict[str, HubCheckpoint] = {
+    "ViT-B/16": HubCheckpoint(
+        name="ViT-B/16",
+        repo_id="timm/vit_base_patch16_clip_224.openai",
+        filename=OPENAI_CLIP_FILE,
+        sha256="4b8699299b1e8997753c64b052ba32031449d5d853f55a039148560ee02b820f",
+        size_note="about 600 MB",
+    ),
+    "ViT-B/32": HubCheckpoint(
+        name="ViT-B/32",
+        repo_id="timm/vit_base_patch32_clip_224.openai",
+        filename=OPENAI_CLIP_FILE,
+        size_note="about 600 MB",
+    ),
+    "ViT-L/14": HubCheckpoint(
+        name="ViT-L/14",
+        repo_id="timm/vit_large_patch14_clip_224.openai",
+        filename=OPENAI_CLIP_FILE,
+        size_note="about 1.7 GB",
+    ),
+    "ViT-L/14-336": HubCheckpoint(
+        name="ViT-L/14-336",
+        repo_id="timm/vit_large_patch14_clip_336.openai",
+        filename=OPENAI_CLIP_FILE,
+        size_note="about 1.7 GB",
+    ),
+}
+DEFAULT_CLIP = "ViT-B/16"
+
+SAM_REPO = "ybelkada/segment-anything"
+SAM_CHECKPOINTS: dict[str, HubCheckpoint] = {
+    "vit_b": HubCheckpoint(
+        name="vit_b", repo_id=SAM_REPO, filename="checkpoints/sam_vit_b_01ec64.pth",
+        sha256_prefix="01ec64", size_note="about 375 MB",
+    ),
+    "vit_l": HubCheckpoint(
+        name="vit_l", repo_id=SAM_REPO, filename="checkpoints/sam_vit_l_0b3195.pth",
+        sha256_prefix="0b3195", size_note="about 1.2 GB",
+    ),
+    "vit_h": HubCheckpoint(
+        name="vit_h", repo_id=SAM_REPO, filename="checkpoints/sam_vit_h_4b8939.pth",
+        sha256_prefix="4b8939", size_note="about 2.6 GB",
+    ),
+}
+DEFAULT_SAM_CPU = "vit_b"
+DEFAULT_SAM_CUDA = "vit_h"
+
+
+def default_sam_model(cuda_available: bool) -> str:
+    """vit_h (the blog post's choice) where a GPU makes it affordable, else vit_b."""
+    return DEFAULT_SAM_CUDA if cuda_available else DEFAULT_SAM_CPU

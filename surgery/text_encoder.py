@@ -1,0 +1,77 @@
+"""Text features: the 85-template prompt ensemble, encoded only as far as needed.
+
+ALGORITHM.md §3. The text transformer is causal, so the EOT token's feature
+depends only on positions up to it: encoding the first `n` positions (`n` =
+longest EOT index + 1 in the batch) gives the same features as all 77, several
+times faster.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from open_clip.tokenizer import _tokenizer as clip_bpe  # OpenAI's BPE, as open_clip ships it
+
+CONTEXT_LENGTH = 77
+ENCODE_CHUNK = 512  # sequences per text-transformer call: bounds peak memory
+
+
+@lru_cache(maxsize=None)
+def prompt_templates() -> tuple[str, ...]:
+    text = resources.files(__package__).joinpath("prompt_templates.txt").read_text(encoding="utf-8")
+    return tuple(line for line in text.splitlines() if line.strip())
+
+
+@lru_cache(maxsize=None)
+def background_vocabulary() -> tuple[str, ...]:
+    text = resources.files(__package__).joinpath("background_vocabulary.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def tokenize(texts: list[str]) -> torch.Tensor:
+    """(n, 77) int64 token ids; over-long texts are truncated with EOT kept last."""
+    return clip_bpe(texts, context_length=CONTEXT_LENGTH)
+
+
+def label_token_count(label: str) -> int:
+    """BPE tokens of the label alone (without SOT/EOT)."""
+    return len(clip_bpe.encode(label))
+
+
+def label_fits(label: str) -> bool:
+    """Whether every template with this label fits the 77-token context untruncated."""
+    longest_template = max(len(clip_bpe.encode(t.replace("{}", ""))) for t in prompt_templates())
+    return label_token_count(label) + longest_template + 2 <= CONTEXT_LENGTH
+
+
+@torch.inference_mode()
+def encode_token_batch(model: CLIP, tokens: torch.Tensor) -> torch.Tensor:
+    """EOT features `@ text_projection` (n, c), not normalised, from the truncated context."""
+    eot_index = tokens.argmax(dim=-1)  # EOT has the largest id
+    length = int(eot_index.max()) + 1
+    x = model.token_embedding(tokens[:, :length]) + model.positional_embedding[:length]
+    mask = model.attn_mask[:length, :length] if model.attn_mask is not None else None
+    x = model.transformer(x, attn_mask=mask)
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0]), eot_index]
+    return x @ model.text_projection
+
+
+@torch.inference_mode()
+def prompt_ensemble(model: CLIP, labels: list[str], templates: tuple[str, ...] | None = None) -> torch.Tensor:
+    """(K, c) L2-normalised ensemble features, one row per label, all labels in one batch."""
+    templates = templates or prompt_templates()
+    prompts = [template.format(label) for label in labels for template in templates]
+    tokens = tokenize(prompts)
+    # Sorting by length lets each chunk stop at its own longest EOT; the result is reordered back.
+    order = torch.argsort(tokens.argmax(dim=-1))
+    features = torch.empty(len(prompts), model.text_projection.shape[1])
+    for start in range(0, len(prompts), ENCODE_CHUNK):
+        rows = order[start:start + ENCODE_CHUNK]
+        features[rows] = encode_token_batch(model, tokens[rows])
+    features = F.normalize(features, dim=-1).view(len(labels), len(templates), -1).mean(dim=1)
+    return F.normalize(features, dim=-1)

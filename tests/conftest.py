@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+DATA = Path(__file__).parent / "data"
+PARITY = DATA / "parity"
+TINY_CLIP = PARITY / "weights.safetensors"
+
+
+@pytest.fixture(scope="session")
+def parity_cases() -> list[dict]:
+    return json.loads((PARITY / "reference.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def parity_maps() -> dict[str, np.ndarray]:
+    with np.load(PARITY / "reference.npz") as data:
+        return {key: data[key] for key in data.files}
+
+
+@pytest.fixture(scope="session")
+def explainer():
+    from surgery.engine import ClipExplainer
+
+    return ClipExplainer.from_file(TINY_CLIP, name="tiny")
+
+
+@pytest.fixture(scope="session")
+def rocket() -> np.ndarray:
+    from surgery.preprocess import load_image
+
+    return load_image(PARITY / "rocket.png")
+
+
+def point_multiset(points) -> list[tuple[int, int, int]]:
+    return sorted(tuple(int(v) for v in p) for p in points)
+
+
+def points_match(actual, expected, tolerance: int = 1) -> bool:
+    """Equal as multisets, each coordinate allowed to differ by `tolerance` pixels."""
+    actual, expected = point_multiset(actual), point_multiset(expected)
+    if len(actual) != len(expected):
+        return False
+    remaining = list(expected)
+    for x, y, label in actual:
+        match = next((e for e in remaining if e[2] == label and abs(e[0] - x) <= tolerance
+                      and abs(e[1] - y) <= tolerance), None)
+        if match is None:
+            return False
+        remaining.remove(match)
+    return True
