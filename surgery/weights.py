@@ -53,12 +53,18 @@ def download_checkpoint(entry: HubCheckpoint) -> Path:
     from huggingface_hub import hf_hub_download
 
     where = f"{entry.repo_id}/{entry.filename}"
+    problem = None
     for attempt in range(2):
         try:
             path = Path(hf_hub_download(entry.repo_id, entry.filename, force_download=attempt > 0))
         except Exception as exc:  # offline, hub down, not cached, gated: all one story for a user
             log.warning("download of %s failed: %r", where, exc)
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+            if problem is not None:
+                raise CheckpointError(
+                    f"The cached {entry.name} file {where} is corrupt ({problem}) and a fresh download "
+                    "failed. Connect to the internet and try again, or pass a local checkpoint file."
+                ) from None
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
             why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else (
                 "the Hugging Face Hub could not be reached")
             raise WeightsUnavailable(
