@@ -20,13 +20,16 @@ def image_key(image_rgb: np.ndarray) -> str:
 
 
 class LRUCache(Generic[V]):
-    """Bounded in entries. `get_or_compute` runs the computation outside the lock so
-    a slow miss does not block hits; two racing misses both compute, one result wins."""
+    """Bounded in entries. `get_or_compute` runs the computation outside the cache lock
+    so a slow miss does not block hits, and a second request for a key already being
+    computed waits for that computation instead of repeating it (an upload starts the
+    image encoders; a Run pressed meanwhile must not encode the image twice)."""
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
         self._items: OrderedDict[Hashable, V] = OrderedDict()
         self._lock = threading.Lock()
+        self._in_flight: dict[Hashable, threading.Lock] = {}
         self.hits = 0
         self.misses = 0
 
@@ -50,9 +53,19 @@ class LRUCache(Generic[V]):
         if found is not None:
             return found
         with self._lock:
-            self.misses += 1
-        value = compute()
-        self.put(key, value)
+            key_lock = self._in_flight.setdefault(key, threading.Lock())
+        with key_lock:  # one computation per key at a time
+            found = self.get(key)
+            if found is not None:
+                return found
+            with self._lock:
+                self.misses += 1
+            try:
+                value = compute()
+                self.put(key, value)
+            finally:
+                with self._lock:
+                    self._in_flight.pop(key, None)
         return value
 
     def __len__(self) -> int:

@@ -18,6 +18,7 @@ from .engine import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, MapOptions
 from .errors import InputError, UserError, WeightsUnavailable
 from .explain import explain_image
 from .feature_surgery import REDUNDANCY_MODES
+from .image_encoder import check_resolution
 from .labels import parse_labels
 from .outputs import output_files, result_json, write_outputs
 from .preprocess import load_image
@@ -92,6 +93,7 @@ def run_explain(args: argparse.Namespace) -> int:
     if not images:
         raise InputError("No images found in the given folders.")
     explainer = load_clip_explainer(args.model, args.clip_checkpoint)
+    check_resolution(options.resolution, explainer.patch_size)  # once, not once per image
     segmenter = None
     sam_name = None
     if not args.no_sam:

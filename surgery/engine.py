@@ -8,6 +8,7 @@ threshold-dependent happens later, on these arrays, without the model.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ from .maps import mean_of_normalised
 from .preprocess import clip_input
 from .text_encoder import background_vocabulary, prompt_ensemble
 from .weights import file_sha256, load_state_dict
+
+calls = logging.getLogger("surgery.calls")  # one line per real model call (tests count them)
 
 DEFAULT_RESOLUTION = 512
 # `vocab` is the default: it is the reference demo's setting, it works for a
@@ -97,6 +100,7 @@ class ClipExplainer:
 
         def compute() -> ImageTokens:
             self.image_encodings += 1
+            calls.info("model call: CLIP image encoder at %d px", resolution)
             return encode_image_tokens(self.model.visual, clip_input(image_rgb, resolution), surgery_depth)
 
         return self._image_cache.get_or_compute(key, compute)
@@ -105,6 +109,7 @@ class ClipExplainer:
         """(K, c) ensemble features, computing only the labels not cached yet, in one batch."""
         missing = [t for t in dict.fromkeys(texts) if (self.weights_id, t) not in self._text_cache]
         if missing:
+            calls.info("model call: CLIP text encoder for %d labels", len(missing))
             for text, feature in zip(missing, prompt_ensemble(self.model, missing)):
                 self._text_cache.put((self.weights_id, text), feature)
         rows = [self._text_cache.get((self.weights_id, t)) for t in texts]

@@ -39,9 +39,20 @@ class ParsedLabels:
         return [label.text for label in self.labels]
 
 
+# Zero-width (non-)joiners hold emoji sequences (and some scripts) together;
+# tag characters make subdivision flags. Both are format characters kept as typed.
+_JOINERS = {"\u200c", "\u200d"}
+
+
+def _keep(ch: str) -> bool:
+    return ch in _JOINERS or "\U000e0020" <= ch <= "\U000e007f" or unicodedata.category(ch)[0] != "C"
+
+
 def _clean(text: str) -> str:
-    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C")
-    return " ".join(text.split())
+    # Whitespace controls (tab, vertical tab, NEL) separate words; other control characters are dropped.
+    text = "".join(" " if ch.isspace() else ch for ch in text if ch.isspace() or _keep(ch))
+    text = " ".join(text.split())
+    return text if any(unicodedata.category(ch)[0] != "C" for ch in text) else ""  # not only joiners
 
 
 def _fit_to_context(part: str, notes: list[str]) -> str:
@@ -79,7 +90,10 @@ def parse_labels(text: str | None, max_labels: int = MAX_LABELS) -> ParsedLabels
         if len(parts) < len(raw_parts):
             notes.append(f"'{_clean(raw)}' had an empty '+' part; it was read as '{'+'.join(parts)}'.")
         parts = [_fit_to_context(part, notes) for part in parts]
-        label = Label(tuple(dict.fromkeys(parts)))
+        unique_parts: dict[str, str] = {}
+        for part in parts:  # first spelling wins; CLIP's tokenizer ignores case
+            unique_parts.setdefault(part.lower(), part)
+        label = Label(tuple(unique_parts.values()))
         key = label.text.lower()
         if key in seen:
             notes.append(f"'{label.text}' was given more than once; it is shown once.")

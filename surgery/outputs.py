@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -16,6 +17,15 @@ import numpy as np
 from . import render
 from .explain import Explanation, LabelView
 from .maps import resize_map
+
+
+_POINT_ROW = re.compile(r"\[\s+(-?\d+),\s+(-?\d+),\s+(-?\d+)\s+\]")
+
+
+def format_result_json(result: dict) -> bytes:
+    """Indented JSON with each point kept on one line ([x, y, label])."""
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    return _POINT_ROW.sub(r"[\1, \2, \3]", text).encode("utf-8")
 
 
 def label_record(view: LabelView) -> dict:
@@ -102,7 +112,7 @@ def png_bytes(image_rgb: np.ndarray) -> bytes:
 def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, with_masks: bool) -> dict[str, bytes]:
     """Every output file's name and bytes."""
     files = {
-        "result.json": json.dumps(result, indent=2, ensure_ascii=False).encode("utf-8"),
+        "result.json": format_result_json(result),
         "maps.npz": _npz_bytes(maps_arrays(explanation, with_masks)),
     }
     for name, image in overlay_images(image_rgb, explanation, with_masks).items():

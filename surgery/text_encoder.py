@@ -63,15 +63,24 @@ def encode_token_batch(model: CLIP, tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def prompt_ensemble(model: CLIP, labels: list[str], templates: tuple[str, ...] | None = None) -> torch.Tensor:
-    """(K, c) L2-normalised ensemble features, one row per label, all labels in one batch."""
+    """(K, c) L2-normalised ensemble features, one row per label.
+
+    Labels are batched together by context length: each label is encoded up to its
+    own longest EOT, with the other labels needing that same length. A label's
+    feature then depends on the label alone, never on what else was asked in the
+    same request, so cached and freshly computed features are bit-identical (the
+    CLI and the app give the same result.json).
+    """
     templates = templates or prompt_templates()
-    prompts = [template.format(label) for label in labels for template in templates]
-    tokens = tokenize(prompts)
-    # Sorting by length lets each chunk stop at its own longest EOT; the result is reordered back.
-    order = torch.argsort(tokens.argmax(dim=-1))
-    features = torch.empty(len(prompts), model.text_projection.shape[1])
-    for start in range(0, len(prompts), ENCODE_CHUNK):
-        rows = order[start:start + ENCODE_CHUNK]
-        features[rows] = encode_token_batch(model, tokens[rows])
-    features = F.normalize(features, dim=-1).view(len(labels), len(templates), -1).mean(dim=1)
+    per_label = [tokenize([template.format(label) for template in templates]) for label in labels]
+    lengths = [int(tokens.argmax(dim=-1).max()) + 1 for tokens in per_label]
+    features = torch.empty(len(labels), len(templates), model.text_projection.shape[1])
+    labels_per_call = max(1, ENCODE_CHUNK // len(templates))
+    for length in sorted(set(lengths)):
+        group = [i for i, n in enumerate(lengths) if n == length]
+        for start in range(0, len(group), labels_per_call):
+            chunk = group[start:start + labels_per_call]
+            encoded = encode_token_batch(model, torch.cat([per_label[i] for i in chunk]))
+            features[chunk] = encoded.view(len(chunk), len(templates), -1)
+    features = F.normalize(features, dim=-1).mean(dim=1)
     return F.normalize(features, dim=-1)

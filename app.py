@@ -1,0 +1,279 @@
+"""CLIP Surgery Explorer: the Gradio Blocks UI (all computation lives in `surgery/`)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+
+from surgery import session as S
+from surgery.engine import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION
+from surgery.errors import UserError
+from surgery.explain import apply_threshold
+from surgery.feature_surgery import REDUNDANCY_MODES
+from surgery.labels import parse_labels
+from surgery.models import PRECISIONS, ModelConfig, ModelStore
+from surgery.preprocess import check_pixel_count, to_rgb_array
+from surgery.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
+
+log = logging.getLogger("app")
+ROOT = Path(__file__).parent
+ASSETS = ROOT / "assets"
+MAX_FILE_SIZE = "20mb"
+RESOLUTIONS = [224, 336, 448, 512, 640, 768, 896, 1024]
+MODEL_CONCURRENCY = 1  # 2 cores: one model job at a time uses both; more would only contend
+RERENDER_CONCURRENCY = 4
+QUEUE_SIZE = 32
+OUTPUT_DIR = Path(tempfile.gettempdir()) / "clip-surgery-explorer"
+OUTPUT_TTL_S = 3600
+
+INTRO = """# CLIP Surgery Explorer
+Why does CLIP match this image to that word? **CLIP Surgery**
+([Li et al., 2023](https://arxiv.org/abs/2304.05653)) changes CLIP's last image blocks to
+value-value attention and subtracts what all labels share, with no training. Left: the plain
+CLIP heatmap (noisy, often highlighting the background). Right: the CLIP Surgery heatmap (red =
+evidence for the label). The strongest and weakest regions become positive and negative points
+for Segment Anything, which turns them into masks. Use the threshold to say how strong evidence
+must be: a label whose map never reaches it is reported *not found*.
+"""
+LABELS_HINT = "Separate labels with commas. Join parts with + to make one target: cat+grass."
+THRESHOLD_HINT = "0 = off (reference behaviour: every map is stretched to full range)."
+EXAMPLES = [
+    ["rocket.jpg", "rocket, smoke, sky, giraffe"],
+    ["astronaut.jpg", "person, flag, rocket+spacesuit"],
+    ["chelsea.jpg", "cat, grass, cat+whiskers, dog"],
+    ["coffee.jpg", "cup, coffee, spoon+saucer, pizza"],
+    ["camera.jpg", "man, camera, tripod+coat, sky"],
+]
+
+
+def user_errors(handler):
+    """Show `UserError` messages in the page; log anything else and show a safe message."""
+
+    def translate(exc: Exception) -> gr.Error:
+        if isinstance(exc, gr.Error):
+            return exc
+        if isinstance(exc, UserError):
+            return gr.Error(str(exc))
+        log.exception("request failed")
+        return gr.Error("Something went wrong on the server while handling this request; please try again.")
+
+    if getattr(handler, "__code__", None) and handler.__code__.co_flags & 0x20:  # generator
+        @functools.wraps(handler)
+        def generator(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except Exception as exc:
+                raise translate(exc) from None
+        return generator
+
+    @functools.wraps(handler)
+    def plain(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except Exception as exc:
+            raise translate(exc) from None
+    return plain
+
+
+def image_array(image):
+    if image is None:
+        raise UserError("Upload an image first (or pick an example below).")
+    check_pixel_count(*image.size)
+    return to_rgb_array(image)
+
+
+def _save_outputs(files: dict[str, bytes]) -> tuple[str, str]:
+    """Write the zip and result.json where Gradio can serve them; old files are swept."""
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in OUTPUT_DIR.glob("*"):
+        try:
+            if now - old.stat().st_mtime > OUTPUT_TTL_S:
+                if old.is_dir():
+                    for f in old.iterdir():
+                        f.unlink()
+                    old.rmdir()
+                else:
+                    old.unlink()
+        except OSError:
+            pass
+    folder = Path(tempfile.mkdtemp(dir=OUTPUT_DIR))
+    zip_path = folder / "clip-surgery.zip"
+    zip_path.write_bytes(S.download_zip(files))
+    json_path = folder / "result.json"
+    json_path.write_bytes(files["result.json"])
+    return str(zip_path), str(json_path)
+
+
+def slider_update(state: S.SessionState):
+    top = max(float(lm.surgery_parts.max()) for lm in state.maps.labels)
+    maximum = max(0.05, round(top * 1.2 + 0.005, 2))
+    return gr.update(maximum=maximum)
+
+
+def build_demo(store: ModelStore) -> gr.Blocks:
+    def progress_callback(progress: gr.Progress):
+        return lambda message: progress(None, desc=message)
+
+    @user_errors
+    def pre_encode(image, backbone, resolution, sam_choice, precision):
+        """On upload: run both image encoders now, so Run pays only for text and decoding."""
+        if image is None:
+            return
+        rgb = image_array(image)
+        explainer = store.clip(backbone)
+        size, _ = S.check_resolution_choice(resolution, explainer.patch_size)
+        explainer.image_tokens(rgb, size)
+        segmenter = store.sam(sam_choice, precision)
+        if segmenter is not None:
+            segmenter.embed(rgb)
+
+    @user_errors
+    def run(image, labels_text, threshold, backbone, resolution, redundancy, sam_choice, precision,
+            progress=gr.Progress()):
+        rgb = image_array(image)
+        parsed = parse_labels(labels_text)
+        threshold_value = S.check_threshold(threshold)
+        if redundancy not in REDUNDANCY_MODES:
+            raise UserError(f"Redundancy must be one of {', '.join(REDUNDANCY_MODES)}.")
+        progress(0.05, desc="Loading CLIP…")
+        explainer = store.clip(backbone, progress=progress_callback(progress))
+        size, note = S.check_resolution_choice(resolution, explainer.patch_size)
+        notes = tuple(parsed.notes) + ((note,) if note else ())
+        progress(0.2, desc="CLIP and CLIP Surgery maps…")
+        maps = explainer.compute_maps(rgb, parsed.labels, S.map_options(size, redundancy))
+        segmenter = store.sam(sam_choice, precision, progress=progress_callback(progress))
+        sam_name = None if segmenter is None else store.sam_display_name(sam_choice)
+        state = S.new_state(rgb, maps, explainer.name, sam_name, segmenter, None, notes)
+        first = apply_threshold(maps, threshold_value)
+        yield (S.heatmap_gallery(state, first), S.points_gallery(state, first), None,
+               S.histogram_gallery(state, first), S.summary_markdown(state, first, sam_pending=segmenter is not None),
+               None, None, state, slider_update(state))
+        if segmenter is not None:
+            progress(0.6, desc="SAM image embedding…")
+            started = time.perf_counter()
+            state.embedding = segmenter.embed(rgb)
+            first.timings["sam_image"] = time.perf_counter() - started
+            progress(0.9, desc="SAM masks…")
+        explanation = S.masks_for(state, first)
+        _, files = S.result_and_files(state, explanation)
+        zip_path, json_path = _save_outputs(files)
+        yield (S.heatmap_gallery(state, explanation), S.points_gallery(state, explanation),
+               S.annotated_masks(state, explanation), S.histogram_gallery(state, explanation),
+               S.summary_markdown(state, explanation), zip_path, json_path, state, gr.update())
+
+    @user_errors
+    def rethreshold(state, threshold):
+        if state is None:
+            return (gr.update(),) * 7
+        explanation = S.rerender(state, S.check_threshold(threshold))
+        _, files = S.result_and_files(state, explanation)
+        zip_path, json_path = _save_outputs(files)
+        return (S.heatmap_gallery(state, explanation), S.points_gallery(state, explanation),
+                S.annotated_masks(state, explanation) if state.segmenter is not None else None,
+                S.histogram_gallery(state, explanation), S.summary_markdown(state, explanation),
+                zip_path, json_path)
+
+    def status():
+        text, ready = store.status()
+        return text, gr.Timer(active=not ready)
+
+    with gr.Blocks(title="CLIP Surgery Explorer") as demo:
+        gr.Markdown(INTRO)
+        status_box = gr.Markdown("Loading model weights…", elem_id="model-status")
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(type="pil", label="Image", height=360)
+                labels = gr.Textbox(label="Labels", placeholder="person, bench, cat+grass", info=LABELS_HINT)
+                threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="Threshold", info=THRESHOLD_HINT,
+                                      elem_id="threshold")
+                run_button = gr.Button("Run", variant="primary")
+                with gr.Accordion("Advanced", open=False):
+                    backbone = gr.Dropdown(store.clip_choices(), value=store.config.clip_model, label="Backbone")
+                    resolution = gr.Dropdown(RESOLUTIONS, value=DEFAULT_RESOLUTION, label="Input resolution",
+                                             info="Snapped to a multiple of the backbone's patch size.")
+                    redundancy = gr.Radio(list(REDUNDANCY_MODES), value=DEFAULT_REDUNDANCY, label="Redundancy",
+                                          info="vocab: against 59 background classes (reference demo); "
+                                               "labels: against your other labels; empty: against an empty prompt.")
+                    sam_choice = gr.Dropdown(store.sam_choices(), value=store.sam_choices()[0],
+                                             label="SAM model", info="'off' skips masks.")
+                    precision = gr.Radio(list(PRECISIONS), value="fp32", label="Precision")
+                gr.Examples([[str(ASSETS / name), text] for name, text in EXAMPLES], inputs=[image, labels],
+                            label="Examples (one absent label and one a+b target each)")
+            with gr.Column(scale=2):
+                heatmaps = gr.Gallery(label="CLIP vs CLIP Surgery", columns=2, format="png", height="auto",
+                                      elem_id="heatmaps")
+                points = gr.Gallery(label="Points for SAM (green positive, magenta negative)", columns=3,
+                                    format="png", height="auto", elem_id="points")
+                masks = gr.AnnotatedImage(label="SAM masks", format="png", elem_id="masks")
+                histograms = gr.Gallery(label="Raw CLIP Surgery values (threshold drawn)", columns=2,
+                                        format="png", height="auto", elem_id="histograms")
+                summary = gr.Markdown(elem_id="summary")
+                with gr.Row():
+                    download = gr.File(label="Download (zip)", elem_id="download")
+                    result_file = gr.File(label="result.json", elem_id="result-json")
+        state = gr.State(None, time_to_live=3600)
+        timer = gr.Timer(2.0)
+
+        outputs = [heatmaps, points, masks, histograms, summary, download, result_file]
+        demo.load(status, outputs=[status_box, timer], queue=False, api_visibility="private")
+        timer.tick(status, outputs=[status_box, timer], queue=False, api_visibility="private")
+        image.upload(pre_encode, inputs=[image, backbone, resolution, sam_choice, precision], outputs=None,
+                     concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY, show_progress="hidden",
+                     api_visibility="private")
+        run_button.click(
+            run, inputs=[image, labels, threshold, backbone, resolution, redundancy, sam_choice, precision],
+            outputs=outputs + [state, threshold], api_name="explain",
+            concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY,
+        )
+        threshold.change(rethreshold, inputs=[state, threshold], outputs=outputs, trigger_mode="always_last",
+                         concurrency_id="rerender", concurrency_limit=RERENDER_CONCURRENCY,
+                         show_progress="minimal", api_visibility="private")
+    demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=MODEL_CONCURRENCY)
+    return demo
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
+    parser = argparse.ArgumentParser(description="Start the CLIP Surgery Explorer web app.")
+    parser.add_argument("--model", default=env("CLIP_MODEL", DEFAULT_CLIP), choices=list(CLIP_CHECKPOINTS),
+                        help="default CLIP backbone (env CLIP_MODEL)")
+    parser.add_argument("--clip-checkpoint", type=Path, default=env("CLIP_CHECKPOINT") or None,
+                        help="local CLIP weights for the default backbone (env CLIP_CHECKPOINT)")
+    parser.add_argument("--sam-model", default=env("SAM_MODEL") or None, choices=list(SAM_CHECKPOINTS),
+                        help="default SAM (env SAM_MODEL; vit_b on CPU, vit_h with CUDA)")
+    parser.add_argument("--sam-checkpoint", type=Path, default=env("SAM_CHECKPOINT") or None,
+                        help="local SAM weights for the default SAM (env SAM_CHECKPOINT)")
+    parser.add_argument("--no-sam", action="store_true", default=env("NO_SAM", "") in {"1", "true"},
+                        help="run without SAM (env NO_SAM=1)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    store = ModelStore(ModelConfig(
+        clip_model=args.model, clip_checkpoint=args.clip_checkpoint, sam_model=args.sam_model,
+        sam_checkpoint=args.sam_checkpoint, load_sam=not args.no_sam,
+    ))
+    store.start()
+    demo = build_demo(store)
+    demo.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT") or os.environ.get("PORT") or 7860),
+        ssr_mode=False,
+        max_file_size=MAX_FILE_SIZE,
+        allowed_paths=[str(ASSETS)],
+        show_error=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

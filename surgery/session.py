@@ -1,0 +1,185 @@
+"""One person's work in the app, as plain data and functions (no Gradio here).
+
+A `SessionState` keeps what a threshold move needs: the raw maps, the SAM
+image embedding and the masks already decoded per (label, points). Moving the
+threshold then runs no image encoder, and the SAM decoder only for labels whose
+points changed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import render
+from .engine import MapOptions, MapsResult
+from .errors import InputError
+from .explain import Explanation, LabelView, apply_threshold
+from .image_encoder import MAX_RESOLUTION, MIN_RESOLUTION
+from .labels import ParsedLabels
+from .maps import resize_map
+from .outputs import output_files, result_json, zip_outputs
+
+THRESHOLD_LIMIT = 10.0  # raw similarities are far inside this; larger input is a mistake
+
+
+@dataclass
+class SessionState:
+    image_rgb: np.ndarray
+    maps: MapsResult
+    model_name: str
+    sam_name: str | None
+    segmenter: object | None
+    embedding: object | None
+    notes: tuple[str, ...]
+    mask_cache: dict = field(default_factory=dict)
+
+
+def check_threshold(threshold) -> float | None:
+    """None (off) or a finite float; 0 and below mean off, as on the slider."""
+    if threshold is None or threshold == "":
+        return None
+    try:
+        value = float(threshold)
+    except (TypeError, ValueError):
+        raise InputError("Threshold must be a number (0 turns it off).") from None
+    if not math.isfinite(value) or abs(value) > THRESHOLD_LIMIT:
+        raise InputError(f"Threshold must be a finite number between 0 and {THRESHOLD_LIMIT:g} (0 turns it off).")
+    return value if value > 0 else None
+
+
+def check_resolution_choice(resolution, patch_size: int) -> tuple[int, str | None]:
+    """Snap a requested resolution to the nearest usable multiple of the patch size."""
+    try:
+        requested = int(float(resolution))
+    except (TypeError, ValueError, OverflowError):
+        raise InputError("Resolution must be a whole number of pixels, e.g. 512.") from None
+    if not MIN_RESOLUTION <= requested <= MAX_RESOLUTION:
+        raise InputError(f"Resolution must be between {MIN_RESOLUTION} and {MAX_RESOLUTION} pixels.")
+    snapped = max(MIN_RESOLUTION, min(MAX_RESOLUTION, round(requested / patch_size) * patch_size))
+    while snapped < MIN_RESOLUTION:
+        snapped += patch_size
+    while snapped > MAX_RESOLUTION:
+        snapped -= patch_size
+    note = None if snapped == requested else (
+        f"Resolution {requested} is not a multiple of this backbone's patch size {patch_size}; used {snapped}.")
+    return snapped, note
+
+
+def masks_for(state: SessionState, explanation: Explanation) -> Explanation:
+    """Decode masks for found labels, reusing earlier decodes with identical points."""
+    if state.segmenter is None or state.embedding is None:
+        return explanation
+    start = time.perf_counter()
+    views = []
+    for view in explanation.labels:
+        mask = None
+        if view.found:
+            key = (view.text, view.points.tobytes())
+            mask = state.mask_cache.get(key)
+            if mask is None:
+                mask = state.segmenter.predict(state.embedding, view.points)
+                state.mask_cache[key] = mask
+        views.append(LabelView(view.maps, view.found, view.points, view.clip_display, view.surgery_display, mask))
+    timings = {**explanation.timings, "sam_decode": time.perf_counter() - start}
+    return Explanation(explanation.maps, explanation.threshold, tuple(views), timings)
+
+
+def rerender(state: SessionState, threshold: float | None) -> Explanation:
+    """A threshold move: no image encoder, decoder only for changed points."""
+    return masks_for(state, apply_threshold(state.maps, threshold))
+
+
+# --- what the page shows ---------------------------------------------------------
+
+def heatmap_gallery(state: SessionState, explanation: Explanation) -> list[tuple[np.ndarray, str]]:
+    height, width = state.image_rgb.shape[:2]
+    items = []
+    for view in explanation.labels:
+        items.append((render.heat_overlay(state.image_rgb, resize_map(view.clip_display, height, width)),
+                      f"CLIP · {view.text}"))
+        caption = f"CLIP Surgery · {view.text}" + ("" if view.found else " (not found)")
+        items.append((render.heat_overlay(state.image_rgb, resize_map(view.surgery_display, height, width)), caption))
+    return items
+
+
+def points_gallery(state: SessionState, explanation: Explanation) -> list[tuple[np.ndarray, str]]:
+    items = []
+    for view in explanation.labels:
+        positives = int((view.points[:, 2] == 1).sum())
+        negatives = len(view.points) - positives
+        caption = (f"{view.text}: {positives} positive, {negatives} negative" if view.found
+                   else f"{view.text}: not found")
+        items.append((render.draw_points(state.image_rgb, view.points), caption))
+    return items
+
+
+def annotated_masks(state: SessionState, explanation: Explanation) -> tuple[np.ndarray, list]:
+    annotations = [(view.mask.mask.astype(np.float32), view.text)
+                   for view in explanation.labels if view.mask is not None]
+    return state.image_rgb, annotations
+
+
+def histogram_gallery(state: SessionState, explanation: Explanation,
+                      suggested: float | None = None) -> list[tuple[np.ndarray, str]]:
+    return [
+        (render.histogram_image(view.maps.surgery_parts, explanation.threshold, suggested=suggested,
+                                title=f"raw CLIP Surgery · {view.text}"), view.text)
+        for view in explanation.labels
+    ]
+
+
+def summary_markdown(state: SessionState, explanation: Explanation, sam_pending: bool = False) -> str:
+    found = [v.text for v in explanation.labels if v.found]
+    missing = [v.text for v in explanation.labels if not v.found]
+    threshold = "off" if explanation.threshold is None else f"{explanation.threshold:g}"
+    lines = [
+        f"**Found:** {', '.join(found) or 'none'}  \n**Not found:** {', '.join(missing) or 'none'}  \n"
+        f"Threshold {threshold} · {state.model_name} at {state.maps.options.resolution} px · "
+        f"redundancy `{state.maps.options.redundancy}` · SAM {state.sam_name or 'off'}",
+        "",
+        "| label | found | presence | points (+/−) | mask area | mask score |",
+        "|---|---|---|---|---|---|",
+    ]
+    for view in explanation.labels:
+        positives = int((view.points[:, 2] == 1).sum())
+        area = score = "—"
+        if view.mask is not None:
+            area = f"{int(view.mask.mask.sum()):,} px ({view.mask.mask.mean():.1%})"
+            score = f"{view.mask.score:.3f}"
+        elif view.found and sam_pending:
+            area = score = "computing…"
+        lines.append(f"| {view.text} | {'yes' if view.found else 'no'} | {view.maps.presence:.2f} | "
+                     f"{positives}/{len(view.points) - positives} | {area} | {score} |")
+    stages = ", ".join(f"{name.replace('_', ' ')} {seconds * 1000:.0f} ms"
+                       for name, seconds in explanation.timings.items())
+    lines += ["", f"Time per stage: {stages}"]
+    if state.notes:
+        lines += ["", *(f"> Note: {note}" for note in state.notes)]
+    return "\n".join(lines)
+
+
+def result_and_files(state: SessionState, explanation: Explanation) -> tuple[dict, dict[str, bytes]]:
+    result = result_json(explanation, model=state.model_name, sam_model=state.sam_name, notes=state.notes)
+    files = output_files(state.image_rgb, explanation, result, with_masks=state.segmenter is not None)
+    return result, files
+
+
+def download_zip(files: dict[str, bytes]) -> bytes:
+    return zip_outputs(files)
+
+
+def labels_with_notes(parsed: ParsedLabels, extra: list[str]) -> tuple[str, ...]:
+    return tuple(parsed.notes) + tuple(extra)
+
+
+def new_state(image_rgb, maps: MapsResult, model_name: str, sam_name: str | None, segmenter, embedding,
+              notes: tuple[str, ...]) -> SessionState:
+    return SessionState(image_rgb, maps, model_name, sam_name, segmenter, embedding, notes)
+
+
+def map_options(resolution: int, redundancy: str) -> MapOptions:
+    return MapOptions(resolution=resolution, redundancy=redundancy)

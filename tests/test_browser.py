@@ -1,0 +1,71 @@
+"""End to end in a real browser: Debian's Chromium driven by Playwright, the app on tiny
+random checkpoints loaded through the real loaders."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from app_server import ROOT, running_app, tiny_args
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+LABELS = "rocket, smoke, sky+cloud"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail("Debian's chromium is required (.ci/run installs it: apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+def test_upload_run_and_threshold_in_browser(browser, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running_app(tmp_path, *tiny_args()) as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server.url)
+        expect(page.locator("#model-status")).to_contain_text("ready", timeout=60_000)
+
+        page.locator("input[type=file]").first.set_input_files(str(ROOT / "assets" / "rocket.jpg"))
+        page.get_by_label("Labels").fill(LABELS)
+        page.get_by_role("button", name="Run", exact=True).click()
+
+        summary = page.locator("#summary")
+        expect(summary).to_contain_text("Time per stage", timeout=90_000)
+        expect(summary).to_contain_text("mask score", timeout=90_000)
+        expect(summary).not_to_contain_text("computing", timeout=90_000)
+        expect(page.locator("#heatmaps img")).to_have_count(6)  # CLIP and CLIP Surgery per label
+        captions = page.locator("#heatmaps").inner_text()
+        for label in ("rocket", "smoke", "sky+cloud"):
+            assert f"CLIP · {label}" in captions and f"CLIP Surgery · {label}" in captions
+        expect(page.locator("#points img")).to_have_count(3)
+        expect(page.locator("#masks img").first).to_be_visible()
+        expect(page.locator("#masks")).to_contain_text("sky+cloud")  # per-label legend
+        expect(page.locator("#histograms img")).to_have_count(3)
+        expect(page.locator("#download")).to_contain_text(".zip")
+        assert re.search(r"Found:\s*rocket, smoke, sky\+cloud", summary.inner_text())
+        page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
+
+        calls_before = len(server.model_calls())
+        slider_number = page.locator("#threshold input[type=number]")
+        maximum = float(slider_number.get_attribute("max"))
+        slider_number.fill(f"{maximum:g}")
+        slider_number.press("Enter")
+        expect(summary).to_contain_text("Found: none", timeout=30_000)
+        expect(summary).to_contain_text("Not found: rocket, smoke, sky+cloud")
+        expect(page.locator("#points")).to_contain_text("rocket: not found")
+        page.wait_for_timeout(1000)
+        assert len(server.model_calls()) == calls_before, server.model_calls()[calls_before:]
+        page.screenshot(path=str(ARTIFACTS / "app-threshold.png"), full_page=True)
+        page.close()
+    shutil.copyfile(ARTIFACTS / "app.png", ARTIFACTS / "screenshot.png")

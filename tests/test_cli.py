@@ -1,0 +1,214 @@
+"""`python -m surgery explain ...` end to end, in subprocesses, with the tiny parity CLIP.
+
+Every run pays the torch/open_clip import and the model load, so all runs are
+started together once per module and each test reads the run it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from surgery.render import label_slug
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSETS = ROOT / "assets"
+TINY_CLIP = Path("tests/data/parity/weights.safetensors")
+ASSET_STEMS = ["astronaut", "camera", "chelsea", "coffee", "rocket"]
+LABELS = ["person", "Big Cat", "cat+grass"]
+GRID = 224 // 16
+COMMON = ["--clip-checkpoint", str(TINY_CLIP), "--no-sam", "--resolution", "224"]
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+    out: Path
+
+    @property
+    def error_lines(self) -> list[str]:
+        """stderr lines starting with 'error:' (tqdm redraws its bar with carriage returns)."""
+        pieces = re.split(r"[\r\n]+", self.stderr)
+        return [p.strip() for p in pieces if p.strip().startswith("error:")]
+
+    @property
+    def stderr_lines(self) -> list[str]:
+        return [line for line in self.stderr.splitlines() if line.strip()]
+
+
+def _rotated_jpeg(path: Path) -> None:
+    """48x32 pixels stored, EXIF orientation 6 (rotate 90°): 32 wide, 48 high once oriented."""
+    yy, xx = np.mgrid[0:32, 0:48]
+    pixels = np.stack([xx * 5, yy * 7, (xx + yy) * 3], axis=-1).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(path, exif=exif.tobytes())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Run]:
+    tmp = tmp_path_factory.mktemp("cli")
+    inputs = tmp / "inputs"
+    inputs.mkdir()
+    _rotated_jpeg(inputs / "rotated.jpg")
+    (inputs / "bad.jpg").write_text("this is not an image, just text\n")
+    (inputs / "empty.jpg").write_bytes(b"")
+    labels = ", ".join(LABELS)
+    rocket, chelsea = str(ASSETS / "rocket.jpg"), str(ASSETS / "chelsea.jpg")
+    commands = {
+        # a folder, an individual file, and three unusable files among them (text, zero bytes, missing)
+        "batch": [str(ASSETS), str(inputs / "rotated.jpg"), str(inputs / "bad.jpg"),
+                  str(inputs / "empty.jpg"), str(inputs / "missing.png"), "--labels", labels, *COMMON],
+        "low": [rocket, "--labels", labels, "--threshold=-1e6", *COMMON],
+        "high": [rocket, str(inputs / "rotated.jpg"), "--labels", labels, "--threshold", "1e6", *COMMON],
+        "resolution": [rocket, chelsea, "--labels", labels, *COMMON, "--resolution", "230"],
+        "no_labels": [rocket, *COMMON],
+        "nan": [rocket, "--labels", labels, "--threshold", "nan", *COMMON],
+    }
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
+    started = {}
+    for name, args in commands.items():
+        out = tmp / f"out_{name}"
+        stdout, stderr = open(tmp / f"{name}.out", "w+"), open(tmp / f"{name}.err", "w+")
+        process = subprocess.Popen([sys.executable, "-m", "surgery", "explain", *args, "--out", str(out)],
+                                   cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True)
+        started[name] = (process, stdout, stderr, out)
+    results = {}
+    try:
+        for name, (process, stdout, stderr, out) in started.items():
+            code = process.wait(timeout=240)
+            stdout.seek(0), stderr.seek(0)
+            results[name] = Run(code, stdout.read(), stderr.read(), out)
+    finally:
+        for process, stdout, stderr, _ in started.values():
+            if process.poll() is None:
+                process.kill()
+            stdout.close(), stderr.close()
+    results["inputs"] = inputs  # type: ignore[assignment]
+    return results
+
+
+def oriented_size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        return ImageOps.exif_transpose(image).size
+
+
+def expected_sizes(runs) -> dict[str, tuple[int, int]]:
+    sizes = {stem: oriented_size(ASSETS / f"{stem}.jpg") for stem in ASSET_STEMS}
+    sizes["rotated"] = (32, 48)
+    return sizes
+
+
+def check_image_outputs(directory: Path, size: tuple[int, int]) -> dict:
+    width, height = size
+    result = json.loads((directory / "result.json").read_text(encoding="utf-8"))
+    assert (result["width"], result["height"]) == (width, height)
+    assert [entry["label"] for entry in result["labels"]] == LABELS
+    for entry in result["labels"]:
+        assert isinstance(entry["found"], bool)
+        for x, y, lab in entry["points"]:
+            assert 0 <= x < width and 0 <= y < height and lab in (0, 1)
+    with np.load(directory / "maps.npz") as maps:
+        for key in ("clip", "surgery"):
+            assert maps[key].dtype == np.float32
+            assert maps[key].shape == (len(LABELS), GRID, GRID)
+            assert np.all(np.isfinite(maps[key]))
+    for label in LABELS:
+        for kind in ("clip", "surgery", "points"):
+            with Image.open(directory / f"{kind}_{label_slug(label)}.png") as png:
+                assert png.format == "PNG"
+                assert png.size == (width, height)
+    assert not list(directory.glob("sam_*.png")) and not (directory / "masks.png").exists()  # --no-sam
+    return result
+
+
+# --- a folder, individual files, unreadable files ---------------------------------
+
+def test_folder_and_files_each_processed_once(runs):
+    batch = runs["batch"]
+    assert sorted(p.name for p in batch.out.iterdir()) == sorted(ASSET_STEMS + ["rotated"])
+
+
+def test_outputs_follow_the_schema_with_image_sizes_after_exif(runs):
+    batch = runs["batch"]
+    for stem, size in expected_sizes(runs).items():
+        result = check_image_outputs(batch.out / stem, size)
+        for entry in result["labels"]:  # no threshold: every label has points
+            assert entry["found"] is True
+            labels = [p[2] for p in entry["points"]]
+            assert 1 in labels and 0 in labels
+            if "+" not in entry["label"]:
+                assert labels.count(1) == labels.count(0)
+
+
+def test_unreadable_files_exit_2_with_one_error_line_each(runs):
+    batch = runs["batch"]
+    assert batch.returncode == 2
+    assert "Traceback" not in batch.stderr
+    errors = batch.error_lines
+    assert len(errors) == 3, batch.stderr
+    for name in ("bad.jpg", "empty.jpg", "missing.png"):
+        assert sum(name in line for line in errors) == 1, errors
+    # the valid images were still explained, the invalid ones left no output
+    assert not any((batch.out / stem).exists() for stem in ("bad", "empty", "missing"))
+
+
+def test_progress_goes_to_stderr_not_stdout(runs):
+    batch = runs["batch"]
+    assert batch.stdout.strip() == ""
+    assert "explaining" in batch.stderr
+
+
+# --- threshold -------------------------------------------------------------------------
+
+def test_threshold_above_every_value_finds_nothing(runs):
+    high = runs["high"]
+    assert high.returncode == 0, high.stderr
+    assert sorted(p.name for p in high.out.iterdir()) == ["rocket", "rotated"]
+    sizes = expected_sizes(runs)
+    for stem in ("rocket", "rotated"):
+        result = check_image_outputs(high.out / stem, sizes[stem])
+        for entry in result["labels"]:
+            assert entry["found"] is False
+            assert entry["points"] == []
+
+
+def test_threshold_below_every_value_gives_the_same_points_as_none(runs):
+    low, batch = runs["low"], runs["batch"]
+    assert low.returncode == 0, low.stderr
+    assert low.stderr.strip() == ""  # a single image: no progress bar, no notes
+    result = check_image_outputs(low.out / "rocket", expected_sizes(runs)["rocket"])
+    reference = json.loads((batch.out / "rocket" / "result.json").read_text(encoding="utf-8"))
+    for entry, ref in zip(result["labels"], reference["labels"]):
+        assert entry["found"] is True
+        assert sorted(map(tuple, entry["points"])) == sorted(map(tuple, ref["points"]))
+
+
+# --- bad arguments -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, mentions", [
+    ("resolution", "230"),
+    ("no_labels", "--labels"),
+    ("nan", "--threshold"),
+])
+def test_bad_arguments_exit_2_with_a_single_line(runs, name, mentions):
+    run = runs[name]
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr
+    lines = run.stderr_lines
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith("error:") and mentions in lines[0]
+    assert run.stdout.strip() == ""
+    assert not run.out.exists() or not any(run.out.iterdir())
