@@ -8,9 +8,11 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import gradio as gr
+import PIL.Image
 
 from surgery import session as S
 from surgery.engine import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION
@@ -19,7 +21,7 @@ from surgery.explain import apply_threshold
 from surgery.feature_surgery import REDUNDANCY_MODES
 from surgery.labels import parse_labels
 from surgery.models import PRECISIONS, ModelConfig, ModelStore
-from surgery.preprocess import check_pixel_count, to_rgb_array
+from surgery.preprocess import MAX_PIXELS, check_pixel_count, load_image
 from surgery.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
 
 log = logging.getLogger("app")
@@ -82,11 +84,46 @@ def user_errors(handler):
     return plain
 
 
+# PIL refuses images over twice this many pixels when it reads the header: a second guard
+# behind SafeImage's own check, for anything else that might open an uploaded image.
+PIL.Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
+warnings.filterwarnings("ignore", category=PIL.Image.DecompressionBombWarning)
+
+
+class SafeImage(gr.Image):
+    """gr.Image whose upload handling answers bad files with a message instead of an error page.
+
+    The pixel count is read from the header before anything is decoded (decompression bombs).
+    With `image_mode=None` Gradio hands over the lazily opened image in its own mode (16-bit,
+    CMYK, palette, alpha...) and `surgery.preprocess.load_image` converts it correctly.
+    """
+
+    is_template = True  # rendered by the frontend's own Image component
+
+    def preprocess(self, payload):
+        if payload is not None and getattr(payload, "path", None):
+            try:
+                with PIL.Image.open(payload.path) as header:
+                    check_pixel_count(*header.size)
+            except UserError as exc:
+                raise gr.Error(str(exc)) from None
+            except Exception:
+                raise gr.Error(
+                    "This file is not an image this app can read. Use a JPEG, PNG, WebP, GIF, BMP or TIFF file."
+                ) from None
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception:
+            log.warning("image preprocessing failed", exc_info=True)
+            raise gr.Error("This image is truncated or corrupt. Re-export or re-download it and try again.") from None
+
+
 def image_array(image):
     if image is None:
         raise UserError("Upload an image first (or pick an example below).")
-    check_pixel_count(*image.size)
-    return to_rgb_array(image)
+    return load_image(image)
 
 
 def _save_outputs(files: dict[str, bytes]) -> tuple[str, str]:
@@ -190,7 +227,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
         status_box = gr.Markdown("Loading model weights…", elem_id="model-status")
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(type="pil", label="Image", height=360)
+                image = SafeImage(type="pil", image_mode=None, label="Image", height=360, elem_id="image")
                 labels = gr.Textbox(label="Labels", placeholder="person, bench, cat+grass", info=LABELS_HINT)
                 threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="Threshold", info=THRESHOLD_HINT,
                                       elem_id="threshold")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from open_clip.model import CLIP
+from open_clip.modified_resnet import ModifiedResNet
 
 from . import feature_surgery
 from .cache import LRUCache, image_key
@@ -25,6 +26,7 @@ from .image_encoder import DEFAULT_SURGERY_DEPTH, ImageTokens, check_resolution,
 from .labels import Label
 from .maps import mean_of_normalised
 from .preprocess import clip_input
+from .resnet_encoder import OUTPUT_STRIDE, check_resnet_resolution, encode_resnet_tokens
 from .text_encoder import background_vocabulary, prompt_ensemble
 from .weights import file_sha256, load_state_dict
 
@@ -75,12 +77,13 @@ class ClipExplainer:
 
     def __init__(self, model: CLIP, *, name: str, weights_id: str,
                  image_cache_entries: int = 8, text_cache_entries: int = 4096) -> None:
-        if not hasattr(model.visual, "transformer"):
-            raise InputError(f"{name} has no ViT image tower; ResNet CLIPs are not supported by this engine.")
+        self.is_resnet = isinstance(model.visual, ModifiedResNet)
+        if not self.is_resnet and not hasattr(model.visual, "transformer"):
+            raise InputError(f"{name} has neither a ViT nor a ResNet image tower; it is not supported by this engine.")
         self.model = model
         self.name = name
         self.weights_id = weights_id
-        self.patch_size = model.visual.conv1.kernel_size[0]
+        self.patch_size = OUTPUT_STRIDE if self.is_resnet else model.visual.conv1.kernel_size[0]
         self.logit_scale = float(model.logit_scale.exp())
         self._image_cache: LRUCache[ImageTokens] = LRUCache(image_cache_entries)
         self._text_cache: LRUCache[torch.Tensor] = LRUCache(text_cache_entries)
@@ -95,13 +98,19 @@ class ClipExplainer:
     # --- cached encoders -------------------------------------------------
     def image_tokens(self, image_rgb: np.ndarray, resolution: int,
                      surgery_depth: int = DEFAULT_SURGERY_DEPTH) -> ImageTokens:
-        check_resolution(resolution, self.patch_size)
-        key = (image_key(image_rgb), resolution, surgery_depth)
+        if self.is_resnet:
+            check_resnet_resolution(resolution)
+        else:
+            check_resolution(resolution, self.patch_size)
+        key = (image_key(image_rgb), resolution, None if self.is_resnet else surgery_depth)
 
         def compute() -> ImageTokens:
             self.image_encodings += 1
             calls.info("model call: CLIP image encoder at %d px", resolution)
-            return encode_image_tokens(self.model.visual, clip_input(image_rgb, resolution), surgery_depth)
+            pixels = clip_input(image_rgb, resolution)
+            if self.is_resnet:  # the surgery is in the attention pool; depth does not apply
+                return encode_resnet_tokens(self.model.visual, pixels)
+            return encode_image_tokens(self.model.visual, pixels, surgery_depth)
 
         return self._image_cache.get_or_compute(key, compute)
 
