@@ -17,7 +17,8 @@ import PIL.Image
 from surgery import session as S
 from surgery.engine import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION
 from surgery.errors import UserError
-from surgery.explain import apply_threshold
+from surgery.engine import MapOptions
+from surgery.explain import PointOptions, apply_threshold
 from surgery.feature_surgery import REDUNDANCY_MODES
 from surgery.labels import parse_labels
 from surgery.models import PRECISIONS, ModelConfig, ModelStore
@@ -155,6 +156,22 @@ def slider_update(state: S.SessionState):
     return gr.update(maximum=maximum)
 
 
+def image_file_name(image) -> str:
+    name = Path(getattr(image, "filename", "") or "image.png").name
+    return name or "image.png"
+
+
+def rendered(state: S.SessionState, explanation, sam_pending: bool = False) -> tuple:
+    """The seven result outputs (heatmaps, points, masks, histograms, summary, zip, result.json)."""
+    masks = S.annotated_masks(state, explanation) if state.segmenter is not None and not sam_pending else None
+    files = (None, None)
+    if not sam_pending:
+        files = _save_outputs(S.result_and_files(state, explanation)[1])
+    return (S.heatmap_gallery(state, explanation), S.points_gallery(state, explanation), masks,
+            S.histogram_gallery(state, explanation), S.summary_markdown(state, explanation, sam_pending),
+            *files)
+
+
 def build_demo(store: ModelStore) -> gr.Blocks:
     def progress_callback(progress: gr.Progress):
         return lambda message: progress(None, desc=message)
@@ -174,7 +191,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
 
     @user_errors
     def run(image, labels_text, threshold, backbone, resolution, redundancy, sam_choice, precision,
-            progress=gr.Progress()):
+            instances=False, positive_only=False, progress=gr.Progress()):
         rgb = image_array(image)
         parsed = parse_labels(labels_text)
         threshold_value = S.check_threshold(threshold)
@@ -183,16 +200,16 @@ def build_demo(store: ModelStore) -> gr.Blocks:
         progress(0.05, desc="Loading CLIP…")
         explainer = store.clip(backbone, progress=progress_callback(progress))
         size, note = S.check_resolution_choice(resolution, explainer.patch_size)
-        notes = tuple(parsed.notes) + ((note,) if note else ())
         progress(0.2, desc="CLIP and CLIP Surgery maps…")
-        maps = explainer.compute_maps(rgb, parsed.labels, S.map_options(size, redundancy))
+        maps = explainer.compute_maps(rgb, parsed.labels, MapOptions(resolution=size, redundancy=redundancy))
         segmenter = store.sam(sam_choice, precision, progress=progress_callback(progress))
-        sam_name = None if segmenter is None else store.sam_display_name(sam_choice)
-        state = S.new_state(rgb, maps, explainer.name, sam_name, segmenter, None, notes)
-        first = apply_threshold(maps, threshold_value)
-        yield (S.heatmap_gallery(state, first), S.points_gallery(state, first), None,
-               S.histogram_gallery(state, first), S.summary_markdown(state, first, sam_pending=segmenter is not None),
-               None, None, state, slider_update(state))
+        state = S.SessionState(
+            rgb, maps, explainer.name, store.sam_display_name(sam_choice) if segmenter else None, segmenter,
+            None, tuple(parsed.notes) + ((note,) if note else ()),
+            point_options=PointOptions(bool(instances), bool(positive_only)), image_name=image_file_name(image))
+        first = apply_threshold(maps, threshold_value, state.point_options)
+        pick = gr.update(choices=[label.text for label in parsed.labels], value=None)
+        yield (*rendered(state, first, sam_pending=segmenter is not None), state, slider_update(state), pick)
         if segmenter is not None:
             progress(0.6, desc="SAM image embedding…")
             started = time.perf_counter()
@@ -200,23 +217,44 @@ def build_demo(store: ModelStore) -> gr.Blocks:
             first.timings["sam_image"] = time.perf_counter() - started
             progress(0.9, desc="SAM masks…")
         explanation = S.masks_for(state, first)
-        _, files = S.result_and_files(state, explanation)
-        zip_path, json_path = _save_outputs(files)
-        yield (S.heatmap_gallery(state, explanation), S.points_gallery(state, explanation),
-               S.annotated_masks(state, explanation), S.histogram_gallery(state, explanation),
-               S.summary_markdown(state, explanation), zip_path, json_path, state, gr.update())
+        yield (*rendered(state, explanation), state, gr.update(), gr.update())
 
     @user_errors
     def rethreshold(state, threshold):
         if state is None:
             return (gr.update(),) * 7
-        explanation = S.rerender(state, S.check_threshold(threshold))
-        _, files = S.result_and_files(state, explanation)
-        zip_path, json_path = _save_outputs(files)
-        return (S.heatmap_gallery(state, explanation), S.points_gallery(state, explanation),
-                S.annotated_masks(state, explanation) if state.segmenter is not None else None,
-                S.histogram_gallery(state, explanation), S.summary_markdown(state, explanation),
-                zip_path, json_path)
+        return rendered(state, S.rerender(state, S.check_threshold(threshold)))
+
+    @user_errors
+    def change_points(state, threshold, instances, positive_only):
+        if state is None:
+            return (gr.update(),) * 7
+        state.point_options = PointOptions(bool(instances), bool(positive_only))
+        return rendered(state, S.rerender(state, S.check_threshold(threshold)))
+
+    @user_errors
+    def choose_mask(state, threshold, label, candidate):
+        """Show another of SAM's three candidates for one label: no model call."""
+        if state is None or not label:
+            return (gr.update(),) * 7
+        if candidate in (None, "best"):
+            state.mask_choices.pop(label, None)
+        else:
+            state.mask_choices[label] = int(candidate) - 1
+        return rendered(state, S.rerender(state, S.check_threshold(threshold)))
+
+    def shown_candidate(state, label):
+        choice = None if state is None else state.mask_choices.get(label)
+        return gr.update(value="best" if choice is None else str(choice + 1))
+
+    @user_errors
+    def suggest(state):
+        if state is None:
+            raise UserError("Run first: the suggestion is computed from the current image's maps.")
+        value = S.suggest_threshold(state)
+        if value is None:
+            raise UserError("The maps are flat; there is no threshold to suggest.")
+        return gr.update(value=round(max(value, 0.001), 3))
 
     def status():
         text, ready = store.status()
@@ -231,9 +269,12 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                 labels = gr.Textbox(label="Labels", placeholder="person, bench, cat+grass", info=LABELS_HINT)
                 threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="Threshold", info=THRESHOLD_HINT,
                                       elem_id="threshold")
-                run_button = gr.Button("Run", variant="primary")
+                with gr.Row():
+                    run_button = gr.Button("Run", variant="primary", scale=2)
+                    suggest_button = gr.Button("Suggest threshold", scale=1, elem_id="suggest")
                 with gr.Accordion("Advanced", open=False):
-                    backbone = gr.Dropdown(store.clip_choices(), value=store.config.clip_model, label="Backbone")
+                    backbone = gr.Dropdown(store.clip_choices(), value=store.config.clip_model, label="Backbone",
+                                           elem_id="backbone")
                     resolution = gr.Dropdown(RESOLUTIONS, value=DEFAULT_RESOLUTION, label="Input resolution",
                                              info="Snapped to a multiple of the backbone's patch size.")
                     redundancy = gr.Radio(list(REDUNDANCY_MODES), value=DEFAULT_REDUNDANCY, label="Redundancy",
@@ -242,6 +283,9 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                     sam_choice = gr.Dropdown(store.sam_choices(), value=store.sam_choices()[0],
                                              label="SAM model", info="'off' skips masks.")
                     precision = gr.Radio(list(PRECISIONS), value="fp32", label="Precision")
+                    instances = gr.Checkbox(False, label="Split instances (one mask per connected region)",
+                                            elem_id="instances")
+                    positive_only = gr.Checkbox(False, label="Send SAM positive points only")
                 gr.Examples([[str(ASSETS / name), text] for name, text in EXAMPLES], inputs=[image, labels],
                             label="Examples (one absent label and one a+b target each)")
             with gr.Column(scale=2):
@@ -250,6 +294,10 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                 points = gr.Gallery(label="Points for SAM (green positive, magenta negative)", columns=3,
                                     format="png", height="auto", elem_id="points")
                 masks = gr.AnnotatedImage(label="SAM masks", format="png", elem_id="masks")
+                with gr.Row():
+                    mask_label = gr.Dropdown([], label="Mask for label", elem_id="mask-label")
+                    mask_candidate = gr.Radio(["best", "1", "2", "3"], value="best", label="SAM candidate",
+                                              elem_id="mask-candidate")
                 histograms = gr.Gallery(label="Raw CLIP Surgery values (threshold drawn)", columns=2,
                                         format="png", height="auto", elem_id="histograms")
                 summary = gr.Markdown(elem_id="summary")
@@ -260,19 +308,28 @@ def build_demo(store: ModelStore) -> gr.Blocks:
         timer = gr.Timer(2.0)
 
         outputs = [heatmaps, points, masks, histograms, summary, download, result_file]
+        light = dict(concurrency_id="rerender", concurrency_limit=RERENDER_CONCURRENCY, show_progress="minimal",
+                     api_visibility="private")
         demo.load(status, outputs=[status_box, timer], queue=False, api_visibility="private")
         timer.tick(status, outputs=[status_box, timer], queue=False, api_visibility="private")
         image.upload(pre_encode, inputs=[image, backbone, resolution, sam_choice, precision], outputs=None,
                      concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY, show_progress="hidden",
                      api_visibility="private")
         run_button.click(
-            run, inputs=[image, labels, threshold, backbone, resolution, redundancy, sam_choice, precision],
-            outputs=outputs + [state, threshold], api_name="explain",
+            run, inputs=[image, labels, threshold, backbone, resolution, redundancy, sam_choice, precision,
+                         instances, positive_only],
+            outputs=outputs + [state, threshold, mask_label], api_name="explain",
             concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY,
         )
-        threshold.change(rethreshold, inputs=[state, threshold], outputs=outputs, trigger_mode="always_last",
-                         concurrency_id="rerender", concurrency_limit=RERENDER_CONCURRENCY,
-                         show_progress="minimal", api_visibility="private")
+        threshold.change(rethreshold, inputs=[state, threshold], outputs=outputs, trigger_mode="always_last", **light)
+        for option in (instances, positive_only):
+            option.change(change_points, inputs=[state, threshold, instances, positive_only], outputs=outputs,
+                          trigger_mode="always_last", **light)
+        mask_candidate.change(choose_mask, inputs=[state, threshold, mask_label, mask_candidate], outputs=outputs,
+                              trigger_mode="always_last", **light)
+        mask_label.change(shown_candidate, inputs=[state, mask_label], outputs=[mask_candidate], queue=False,
+                          api_visibility="private")
+        suggest_button.click(suggest, inputs=[state], outputs=[threshold], api_visibility="private", queue=False)
     demo.queue(max_size=QUEUE_SIZE, default_concurrency_limit=MODEL_CONCURRENCY)
     return demo
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from .engine import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, MapOptions
 from .errors import InputError, UserError, WeightsUnavailable
-from .explain import explain_image
+from .explain import PointOptions, explain_image
 from .feature_surgery import REDUNDANCY_MODES
 from .image_encoder import check_resolution
 from .labels import parse_labels
@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="SAM size (default vit_b on CPU, vit_h with CUDA)")
     explain.add_argument("--sam-checkpoint", type=Path, help="local SAM state dict (.pth/.safetensors)")
     explain.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    explain.add_argument("--instances", action="store_true",
+                         help="split each label's strong region into connected instances, one mask each")
+    explain.add_argument("--positive-only", action="store_true", help="send SAM positive points only")
+    explain.add_argument("--format", choices=("files", "coco"), default="files",
+                         help="'coco' also writes coco.json (RLE masks, one category per label)")
     explain.add_argument("--out", type=Path, default=Path("out"), help="output folder (default ./out)")
     return parser
 
@@ -108,13 +113,15 @@ def run_explain(args: argparse.Namespace) -> int:
     for path in tqdm(images, desc="explaining", unit="image", disable=len(images) < 2):
         try:
             image = load_image(path, name=path.name)
-            explanation = explain_image(explainer, segmenter, image, parsed.labels, options, args.threshold)
+            explanation = explain_image(explainer, segmenter, image, parsed.labels, options, args.threshold,
+                                        PointOptions(args.instances, args.positive_only))
         except InputError as exc:
             failures += 1
             tqdm.write(f"error: {exc}", file=sys.stderr)
             continue
         result = result_json(explanation, model=explainer.name, sam_model=sam_name, notes=parsed.notes)
-        files = output_files(image, explanation, result, with_masks=segmenter is not None)
+        files = output_files(image, explanation, result, with_masks=segmenter is not None,
+                             coco_file_name=path.name if args.format == "coco" else None)
         write_outputs(args.out / _unique_stem(path, used), files)
     return 2 if failures else 0
 

@@ -48,3 +48,22 @@ def resize_map(map_gg: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize (align_corners=False) to the image's (H, W), as the reference's torch call."""
     tensor = torch.from_numpy(np.ascontiguousarray(map_gg, dtype=np.float32))[None, None]
     return F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float | None:
+    """Otsu's threshold on the histogram of raw values: the cut that maximises the
+    between-class variance. None for constant input (nothing to separate)."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    values = values[np.isfinite(values)]
+    if values.size == 0 or values.max() <= values.min():
+        return None
+    counts, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight_low = np.cumsum(counts)
+    weight_high = weight_low[-1] - weight_low
+    mass_low = np.cumsum(counts * centres)
+    mean_low = mass_low / np.maximum(weight_low, 1)
+    mean_high = (mass_low[-1] - mass_low) / np.maximum(weight_high, 1)
+    between = weight_low * weight_high * (mean_low - mean_high) ** 2
+    cut = int(np.argmax(between[:-1]))
+    return float(edges[cut + 1])

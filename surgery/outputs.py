@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import render
+from . import coco, render
 from .explain import Explanation, LabelView
 from .maps import resize_map
 
@@ -28,19 +28,34 @@ def format_result_json(result: dict) -> bytes:
     return _POINT_ROW.sub(r"[\1, \2, \3]", text).encode("utf-8")
 
 
+def _mask_fields(mask: np.ndarray | None, score: float | None) -> dict:
+    if mask is None:
+        return {"mask_score": None, "mask_area": None}
+    return {"mask_score": round(float(score), 6), "mask_area": int(mask.sum())}
+
+
 def label_record(view: LabelView) -> dict:
     record = {
         "label": view.text,
         "found": bool(view.found),
         "points": [[int(x), int(y), int(lab)] for x, y, lab in view.points],
         "presence": round(float(view.maps.presence), 6),
+        **_mask_fields(view.chosen_mask, view.chosen_score),
     }
     if view.mask is not None:
-        record["mask_score"] = round(float(view.mask.score), 6)
-        record["mask_area"] = int(view.mask.mask.sum())
-    else:
-        record["mask_score"] = None
-        record["mask_area"] = None
+        record["mask_choice"] = int(view.chosen)
+        record["mask_candidates"] = [
+            {"score": round(float(score), 6), "area": int(candidate.sum())}
+            for candidate, score in zip(view.mask.candidates, view.mask.scores)
+        ]
+    if view.instances:
+        record["instances"] = [
+            {"points": [[int(x), int(y), int(lab)] for x, y, lab in inst.points],
+             **_mask_fields(None if inst.mask is None else inst.mask.mask,
+                            None if inst.mask is None else inst.mask.score),
+             "box": None if inst.mask is None else coco.mask_box(inst.mask.mask)}
+            for inst in view.instances
+        ]
     return record
 
 
@@ -56,6 +71,8 @@ def result_json(explanation: Explanation, *, model: str, sam_model: str | None,
         "resolution": maps.options.resolution,
         "redundancy": maps.options.redundancy,
         "threshold": explanation.threshold,
+        "instances": explanation.point_options.instances,
+        "positive_only": explanation.point_options.positive_only,
         "notes": list(notes),
     }
 
@@ -68,7 +85,8 @@ def maps_arrays(explanation: Explanation, with_masks: bool) -> dict[str, np.ndar
     }
     if with_masks:
         empty = np.zeros((maps.height, maps.width), dtype=bool)
-        arrays["masks"] = np.stack([v.mask.mask if v.mask is not None else empty for v in explanation.labels])
+        arrays["masks"] = np.stack([v.chosen_mask if v.chosen_mask is not None else empty
+                                    for v in explanation.labels])
     return arrays
 
 
@@ -85,13 +103,36 @@ def overlay_images(image_rgb: np.ndarray, explanation: Explanation, with_masks: 
     if with_masks:
         colours = render.palette(len(explanation.labels))
         for view, colour in zip(explanation.labels, colours):
-            if view.mask is not None:
-                images[f"sam_{render.label_slug(view.text)}.png"] = render.draw_mask(
-                    image_rgb, view.mask.mask, view.points, colour)
-        images["masks.png"] = render.draw_masks_legend(
-            image_rgb, [v.mask.mask if v.mask is not None else None for v in explanation.labels],
-            [v.text for v in explanation.labels])
+            if view.chosen_mask is not None:
+                slug = render.label_slug(view.text)
+                images[f"sam_{slug}.png"] = render.draw_mask(image_rgb, view.chosen_mask, view.points, colour)
+                images[f"mask_{slug}.png"] = binary_mask_image(view.chosen_mask)
+                for number, inst in enumerate(view.instances, start=1):
+                    if inst.mask is not None:
+                        images[f"mask_{slug}_{number}.png"] = binary_mask_image(inst.mask.mask)
+        names, masks = mask_layers(explanation)
+        images["masks.png"] = render.draw_masks_legend(image_rgb, masks, names)
     return images
+
+
+def mask_layers(explanation: Explanation) -> tuple[list[str], list[np.ndarray | None]]:
+    """One legend entry per label, or per instance (numbered) when instances are split."""
+    names: list[str] = []
+    masks: list[np.ndarray | None] = []
+    for view in explanation.labels:
+        if view.instances:
+            for number, inst in enumerate(view.instances, start=1):
+                names.append(f"{view.text} #{number}")
+                masks.append(None if inst.mask is None else inst.mask.mask)
+        else:
+            names.append(view.text)
+            masks.append(view.chosen_mask)
+    return names, masks
+
+
+def binary_mask_image(mask: np.ndarray) -> np.ndarray:
+    """White-on-black RGB image of a mask (what the zip's mask PNGs hold)."""
+    return np.repeat((np.asarray(mask, dtype=np.uint8) * 255)[:, :, None], 3, axis=2)
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -109,12 +150,16 @@ def png_bytes(image_rgb: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
-def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, with_masks: bool) -> dict[str, bytes]:
-    """Every output file's name and bytes."""
+def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, with_masks: bool,
+                 coco_file_name: str | None = None) -> dict[str, bytes]:
+    """Every output file's name and bytes; `coco_file_name` adds coco.json for that image file."""
     files = {
         "result.json": format_result_json(result),
         "maps.npz": _npz_bytes(maps_arrays(explanation, with_masks)),
     }
+    if coco_file_name is not None:
+        document = coco.coco_document(explanation, coco_file_name)
+        files["coco.json"] = json.dumps(document, ensure_ascii=False).encode("utf-8")
     for name, image in overlay_images(image_rgb, explanation, with_masks).items():
         files[name] = png_bytes(image)
     return files

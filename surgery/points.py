@@ -83,3 +83,36 @@ def combined_points(raw_parts: np.ndarray, width: int, height: int,
     mean_points = points_for_sam(normalised, width, height)
     return np.concatenate(positives + [mean_points[mean_points[:, 2] == 0]])
 
+
+
+def instance_points(raw_map: np.ndarray, width: int, height: int,
+                    threshold: float | None = None) -> list[np.ndarray]:
+    """Points per connected region of the strong cells (8-connected, on the points grid).
+
+    The strong cells are exactly the reference's positives (and, with a threshold,
+    only those at or above it); each region gets its own positives and as many of
+    the lowest cells as negatives, so each region becomes its own SAM prompt.
+    Regions come strongest first.
+    """
+    import cv2
+
+    positives, _, side = ranked_cells(raw_map, threshold)
+    if len(positives) == 0:
+        return []
+    values = downsample(raw_map).reshape(-1)
+    grid = np.zeros(side * side, dtype=np.uint8)
+    grid[positives] = 1
+    count, components = cv2.connectedComponents(grid.reshape(side, side), connectivity=8)
+    components = components.reshape(-1)
+    order = np.argsort(values, kind="stable")
+    regions = []
+    for component in range(1, count):
+        cells = np.flatnonzero(components == component)
+        cells = cells[np.argsort(values[cells], kind="stable")]
+        negatives = order[: len(cells)]
+        regions.append((float(values[cells].max()), np.concatenate([
+            _with_labels(_cell_pixels(cells, side, width, height), 1),
+            _with_labels(_cell_pixels(negatives, side, width, height), 0),
+        ])))
+    regions.sort(key=lambda item: -item[0])
+    return [points for _, points in regions]

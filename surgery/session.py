@@ -17,13 +17,14 @@ import numpy as np
 from . import render
 from .engine import MapOptions, MapsResult
 from .errors import InputError
-from .explain import Explanation, LabelView, apply_threshold
+from .explain import Explanation, PointOptions, apply_threshold, decode_masks, with_choices
 from .image_encoder import MAX_RESOLUTION, MIN_RESOLUTION
 from .labels import ParsedLabels
-from .maps import resize_map
-from .outputs import output_files, result_json, zip_outputs
+from .maps import otsu_threshold, resize_map
+from .outputs import mask_layers, output_files, result_json, zip_outputs
 
-THRESHOLD_LIMIT = 10.0  # raw similarities are far inside this; larger input is a mistake
+THRESHOLD_LIMIT = 10.0
+MASK_CACHE_ENTRIES = 256  # decoded masks kept per session (a few MB each at most)  # raw similarities are far inside this; larger input is a mistake
 
 
 @dataclass
@@ -35,7 +36,11 @@ class SessionState:
     segmenter: object | None
     embedding: object | None
     notes: tuple[str, ...]
+    point_options: PointOptions = PointOptions()
     mask_cache: dict = field(default_factory=dict)
+    mask_choices: dict[str, int] = field(default_factory=dict)
+    suggested_threshold: float | None = None
+    image_name: str = "image.png"
 
 
 def check_threshold(threshold) -> float | None:
@@ -70,27 +75,33 @@ def check_resolution_choice(resolution, patch_size: int) -> tuple[int, str | Non
 
 
 def masks_for(state: SessionState, explanation: Explanation) -> Explanation:
-    """Decode masks for found labels, reusing earlier decodes with identical points."""
+    """Decode masks for found labels, reusing earlier decodes of identical points."""
     if state.segmenter is None or state.embedding is None:
         return explanation
-    start = time.perf_counter()
-    views = []
-    for view in explanation.labels:
-        mask = None
-        if view.found:
-            key = (view.text, view.points.tobytes())
-            mask = state.mask_cache.get(key)
-            if mask is None:
-                mask = state.segmenter.predict(state.embedding, view.points)
-                state.mask_cache[key] = mask
-        views.append(LabelView(view.maps, view.found, view.points, view.clip_display, view.surgery_display, mask))
-    timings = {**explanation.timings, "sam_decode": time.perf_counter() - start}
-    return Explanation(explanation.maps, explanation.threshold, tuple(views), timings)
+
+    def predict(points: np.ndarray):
+        key = points.tobytes()
+        mask = state.mask_cache.get(key)
+        if mask is None:
+            mask = state.segmenter.predict(state.embedding, points)
+            if len(state.mask_cache) > MASK_CACHE_ENTRIES:
+                state.mask_cache.clear()
+            state.mask_cache[key] = mask
+        return mask
+
+    return with_choices(decode_masks(explanation, predict), state.mask_choices)
 
 
 def rerender(state: SessionState, threshold: float | None) -> Explanation:
-    """A threshold move: no image encoder, decoder only for changed points."""
-    return masks_for(state, apply_threshold(state.maps, threshold))
+    """A threshold move (or option change): no image encoder, decoder only for new points."""
+    return masks_for(state, apply_threshold(state.maps, threshold, state.point_options))
+
+
+def suggest_threshold(state: SessionState) -> float | None:
+    """Otsu's threshold over all labels' raw CLIP Surgery values of this image."""
+    values = np.concatenate([lm.surgery_parts.reshape(-1) for lm in state.maps.labels])
+    state.suggested_threshold = otsu_threshold(values)
+    return state.suggested_threshold
 
 
 # --- what the page shows ---------------------------------------------------------
@@ -118,15 +129,13 @@ def points_gallery(state: SessionState, explanation: Explanation) -> list[tuple[
 
 
 def annotated_masks(state: SessionState, explanation: Explanation) -> tuple[np.ndarray, list]:
-    annotations = [(view.mask.mask.astype(np.float32), view.text)
-                   for view in explanation.labels if view.mask is not None]
-    return state.image_rgb, annotations
+    names, masks = mask_layers(explanation)
+    return state.image_rgb, [(mask.astype(np.float32), name) for name, mask in zip(names, masks) if mask is not None]
 
 
-def histogram_gallery(state: SessionState, explanation: Explanation,
-                      suggested: float | None = None) -> list[tuple[np.ndarray, str]]:
+def histogram_gallery(state: SessionState, explanation: Explanation) -> list[tuple[np.ndarray, str]]:
     return [
-        (render.histogram_image(view.maps.surgery_parts, explanation.threshold, suggested=suggested,
+        (render.histogram_image(view.maps.surgery_parts, explanation.threshold, suggested=state.suggested_threshold,
                                 title=f"raw CLIP Surgery · {view.text}"), view.text)
         for view in explanation.labels
     ]
@@ -147,9 +156,14 @@ def summary_markdown(state: SessionState, explanation: Explanation, sam_pending:
     for view in explanation.labels:
         positives = int((view.points[:, 2] == 1).sum())
         area = score = "—"
-        if view.mask is not None:
-            area = f"{int(view.mask.mask.sum()):,} px ({view.mask.mask.mean():.1%})"
-            score = f"{view.mask.score:.3f}"
+        mask = view.chosen_mask
+        if mask is not None:
+            area = f"{int(mask.sum()):,} px ({mask.mean():.1%})"
+            score = f"{view.chosen_score:.3f}"
+            if view.instances:
+                score += f" ({len(view.instances)} instances)"
+            elif view.choice is not None:
+                score += f" (candidate {view.chosen + 1})"
         elif view.found and sam_pending:
             area = score = "computing…"
         lines.append(f"| {view.text} | {'yes' if view.found else 'no'} | {view.maps.presence:.2f} | "
@@ -164,22 +178,10 @@ def summary_markdown(state: SessionState, explanation: Explanation, sam_pending:
 
 def result_and_files(state: SessionState, explanation: Explanation) -> tuple[dict, dict[str, bytes]]:
     result = result_json(explanation, model=state.model_name, sam_model=state.sam_name, notes=state.notes)
-    files = output_files(state.image_rgb, explanation, result, with_masks=state.segmenter is not None)
+    files = output_files(state.image_rgb, explanation, result, with_masks=state.segmenter is not None,
+                         coco_file_name=state.image_name if state.segmenter is not None else None)
     return result, files
 
 
 def download_zip(files: dict[str, bytes]) -> bytes:
     return zip_outputs(files)
-
-
-def labels_with_notes(parsed: ParsedLabels, extra: list[str]) -> tuple[str, ...]:
-    return tuple(parsed.notes) + tuple(extra)
-
-
-def new_state(image_rgb, maps: MapsResult, model_name: str, sam_name: str | None, segmenter, embedding,
-              notes: tuple[str, ...]) -> SessionState:
-    return SessionState(image_rgb, maps, model_name, sam_name, segmenter, embedding, notes)
-
-
-def map_options(resolution: int, redundancy: str) -> MapOptions:
-    return MapOptions(resolution=resolution, redundancy=redundancy)
