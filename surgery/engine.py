@@ -164,7 +164,7 @@ class ClipExplainer:
             context_maps = feature_surgery.surgery_across_labels(surgery_tokens, context_features)
         parts_maps = feature_surgery.surgery_with_redundant(surgery_tokens, context_features, empty_feature)
         clip_maps = feature_surgery.plain_similarity(tokens.clip_tokens, context_features)
-        presence = (self.logit_scale * clip_maps[0, 0]).softmax(dim=-1)  # CLS row: image-level evidence
+        presence = feature_surgery.presence_probabilities(tokens.clip_tokens[0, 0], context_features, self.logit_scale)
         grid = tokens.grid
 
         def grid_maps(similarity: torch.Tensor, texts: tuple[str, ...]) -> np.ndarray:

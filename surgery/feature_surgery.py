@@ -36,3 +36,10 @@ def surgery_with_redundant(
 ) -> torch.Tensor:
     """S = F @ (T - r)^T, e.g. with r = the empty prompt's ensemble feature."""
     return image_tokens @ (text_features - redundant_feature.reshape(1, -1)).T
+
+
+def presence_probabilities(cls_feature: torch.Tensor, text_features: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """(K,) softmax over the label set of CLIP's logit-scaled CLS similarities: how much
+    the whole image supports each label relative to the others (CLIP's zero-shot
+    classification), shown beside the maps, which say *where*."""
+    return (logit_scale * (cls_feature.reshape(-1) @ text_features.T)).softmax(dim=-1)
