@@ -337,14 +337,18 @@ def build_demo(store: ModelStore) -> gr.Blocks:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     parser = argparse.ArgumentParser(description="Start the CLIP Surgery Explorer web app.")
-    parser.add_argument("--model", default=env("CLIP_MODEL", DEFAULT_CLIP), choices=list(CLIP_CHECKPOINTS),
-                        help="default CLIP backbone (env CLIP_MODEL)")
+    parser.add_argument("--model", default=env("CLIP_MODEL", DEFAULT_CLIP),
+                        help=f"default CLIP backbone: {', '.join(CLIP_CHECKPOINTS)} or an open_clip MODEL:TAG "
+                             "(env CLIP_MODEL)")
     parser.add_argument("--clip-checkpoint", type=Path, default=env("CLIP_CHECKPOINT") or None,
                         help="local CLIP weights for the default backbone (env CLIP_CHECKPOINT)")
     parser.add_argument("--sam-model", default=env("SAM_MODEL") or None, choices=list(SAM_CHECKPOINTS),
                         help="default SAM (env SAM_MODEL; vit_b on CPU, vit_h with CUDA)")
     parser.add_argument("--sam-checkpoint", type=Path, default=env("SAM_CHECKPOINT") or None,
                         help="local SAM weights for the default SAM (env SAM_CHECKPOINT)")
+    parser.add_argument("--backbone-checkpoint", action="append", default=[], metavar="NAME=PATH",
+                        help="local weights for another backbone choice, e.g. RN50=rn50.safetensors; repeatable "
+                             "(env BACKBONE_CHECKPOINTS='NAME=PATH;NAME=PATH')")
     parser.add_argument("--no-sam", action="store_true", default=env("NO_SAM", "") in {"1", "true"},
                         help="run without SAM (env NO_SAM=1)")
     return parser.parse_args(argv)
@@ -353,9 +357,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    pairs = args.backbone_checkpoint + [p for p in os.environ.get("BACKBONE_CHECKPOINTS", "").split(";") if p]
+    if any("=" not in pair for pair in pairs):
+        raise SystemExit("--backbone-checkpoint takes NAME=PATH, e.g. RN50=weights/rn50.safetensors")
+    backbones = {name.strip(): Path(path.strip()) for name, path in (pair.split("=", 1) for pair in pairs)}
     store = ModelStore(ModelConfig(
         clip_model=args.model, clip_checkpoint=args.clip_checkpoint, sam_model=args.sam_model,
-        sam_checkpoint=args.sam_checkpoint, load_sam=not args.no_sam,
+        sam_checkpoint=args.sam_checkpoint, load_sam=not args.no_sam, backbone_checkpoints=backbones,
     ))
     store.start()
     demo = build_demo(store)

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--threshold", type=_finite, default=None,
                          help="raw CLIP Surgery similarity below which a region counts as no evidence (default: off)")
     explain.add_argument("--redundancy", choices=REDUNDANCY_MODES, default=DEFAULT_REDUNDANCY)
-    explain.add_argument("--model", choices=list(CLIP_CHECKPOINTS), default=DEFAULT_CLIP)
+    explain.add_argument("--model", default=DEFAULT_CLIP,
+                         help=f"{', '.join(CLIP_CHECKPOINTS)} or an open_clip MODEL:TAG (default {DEFAULT_CLIP})")
     explain.add_argument("--clip-checkpoint", type=Path, help="local CLIP state dict (.safetensors/.pt/.bin)")
     explain.add_argument("--no-sam", action="store_true", help="skip SAM masks")
     explain.add_argument("--sam-model", choices=list(SAM_CHECKPOINTS), default=None,

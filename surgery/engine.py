@@ -25,7 +25,7 @@ from .errors import InputError
 from .image_encoder import DEFAULT_SURGERY_DEPTH, ImageTokens, check_resolution, encode_image_tokens
 from .labels import Label
 from .maps import mean_of_normalised
-from .preprocess import clip_input
+from .preprocess import CLIP_MEAN, CLIP_STD, clip_input
 from .resnet_encoder import OUTPUT_STRIDE, check_resnet_resolution, encode_resnet_tokens
 from .text_encoder import background_vocabulary, prompt_ensemble
 from .weights import file_sha256, load_state_dict
@@ -75,8 +75,9 @@ class MapsResult:
 class ClipExplainer:
     """CLIP + architecture/feature surgery with caches; safe to share between threads."""
 
-    def __init__(self, model: CLIP, *, name: str, weights_id: str,
-                 image_cache_entries: int = 8, text_cache_entries: int = 4096) -> None:
+    def __init__(self, model: CLIP, *, name: str, weights_id: str, mean: tuple[float, ...] = CLIP_MEAN,
+                 std: tuple[float, ...] = CLIP_STD, image_cache_entries: int = 8,
+                 text_cache_entries: int = 4096) -> None:
         self.is_resnet = isinstance(model.visual, ModifiedResNet)
         if not self.is_resnet and not hasattr(model.visual, "transformer"):
             raise InputError(f"{name} has neither a ViT nor a ResNet image tower; it is not supported by this engine.")
@@ -85,6 +86,7 @@ class ClipExplainer:
         self.weights_id = weights_id
         self.patch_size = OUTPUT_STRIDE if self.is_resnet else model.visual.conv1.kernel_size[0]
         self.logit_scale = float(model.logit_scale.exp())
+        self.mean, self.std = tuple(mean), tuple(std)
         self._image_cache: LRUCache[ImageTokens] = LRUCache(image_cache_entries)
         self._text_cache: LRUCache[torch.Tensor] = LRUCache(text_cache_entries)
         self.image_encodings = 0  # real forward passes, for tests and benchmarks
@@ -102,12 +104,12 @@ class ClipExplainer:
             check_resnet_resolution(resolution)
         else:
             check_resolution(resolution, self.patch_size)
-        key = (image_key(image_rgb), resolution, None if self.is_resnet else surgery_depth)
+        key = (image_key(image_rgb), resolution, None if self.is_resnet else surgery_depth, self.mean, self.std)
 
         def compute() -> ImageTokens:
             self.image_encodings += 1
             calls.info("model call: CLIP image encoder at %d px", resolution)
-            pixels = clip_input(image_rgb, resolution)
+            pixels = clip_input(image_rgb, resolution, self.mean, self.std)
             if self.is_resnet:  # the surgery is in the attention pool; depth does not apply
                 return encode_resnet_tokens(self.model.visual, pixels)
             return encode_image_tokens(self.model.visual, pixels, surgery_depth)

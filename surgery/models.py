@@ -14,14 +14,15 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .engine import ClipExplainer
 from .errors import InputError, UserError
 from .loading import load_clip_explainer, load_sam_segmenter
-from .registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS, default_sam_model
+from .openclip_models import parse_openclip_name
+from .registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, OPENCLIP_SUGGESTED, SAM_CHECKPOINTS, default_sam_model
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class ModelConfig:
     sam_model: str | None = None  # None: vit_b on CPU, vit_h with CUDA
     sam_checkpoint: Path | None = None
     load_sam: bool = True
+    backbone_checkpoints: dict[str, Path] = field(default_factory=dict)  # other backbones from local files
     max_loaded: int = 2  # per kind; the defaults count too
 
     def default_sam(self) -> str:
@@ -76,6 +78,10 @@ class ModelStore:
         kind = key[0]
         if kind == "clip":
             name = key[1]
+            if name != self.config.clip_model and name in self.config.backbone_checkpoints:
+                explainer = load_clip_explainer(name, self.config.backbone_checkpoints[name])
+                explainer.name = self.clip_display_name(name)
+                return explainer
             local = self.config.clip_checkpoint if name == self.config.clip_model else None
             return load_clip_explainer(name, local)
         name, precision = key[1], key[2]
@@ -115,7 +121,8 @@ class ModelStore:
 
     def clip(self, name: str | None = None, progress: Callable[[str], None] | None = None) -> ClipExplainer:
         name = name or self.config.clip_model
-        if name not in CLIP_CHECKPOINTS and name != self.config.clip_model:
+        known = name in CLIP_CHECKPOINTS or name in self.config.backbone_checkpoints or parse_openclip_name(name)
+        if not known and name != self.config.clip_model:
             raise InputError(f"Unknown backbone '{name}'. Choose one of: {', '.join(self.clip_choices())}.")
         return self._wait(("clip", name), f"CLIP {name}", progress)
 
@@ -136,6 +143,8 @@ class ModelStore:
         name = name or self.config.clip_model
         if name == self.config.clip_model and self.config.clip_checkpoint:
             return Path(self.config.clip_checkpoint).name
+        if name in self.config.backbone_checkpoints:
+            return f"{name} ({Path(self.config.backbone_checkpoints[name]).name})"
         return name
 
     def sam_display_name(self, name: str | None = None) -> str | None:
@@ -147,7 +156,8 @@ class ModelStore:
         return name
 
     def clip_choices(self) -> list[str]:
-        return list(dict.fromkeys([self.config.clip_model, *CLIP_CHECKPOINTS]))
+        return list(dict.fromkeys([self.config.clip_model, *self.config.backbone_checkpoints,
+                                   *CLIP_CHECKPOINTS, *OPENCLIP_SUGGESTED]))
 
     def sam_choices(self) -> list[str]:
         if not self.config.load_sam:

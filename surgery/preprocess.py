@@ -88,12 +88,13 @@ def load_image(source: str | os.PathLike | bytes | Image.Image, name: str = "The
     return rgb
 
 
-def clip_input(image_rgb: np.ndarray, resolution: int) -> torch.Tensor:
+def clip_input(image_rgb: np.ndarray, resolution: int, mean: tuple[float, ...] = CLIP_MEAN,
+               std: tuple[float, ...] = CLIP_STD) -> torch.Tensor:
     """(1, 3, R, R) float32: whole-image bicubic resize (PIL, as torchvision's Resize on a
     PIL image does), scaled to [0, 1], normalised with CLIP's mean and std. No centre crop:
     the whole image is explained."""
     resized = Image.fromarray(image_rgb).resize((resolution, resolution), Image.BICUBIC)
     pixels = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
-    mean = torch.tensor(CLIP_MEAN).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD).view(3, 1, 1)
-    return ((pixels - mean) / std).unsqueeze(0)
+    mean_t = torch.tensor(mean).view(3, 1, 1)
+    std_t = torch.tensor(std).view(3, 1, 1)
+    return ((pixels - mean_t) / std_t).unsqueeze(0)

@@ -54,8 +54,27 @@ CLIP_CHECKPOINTS: dict[str, HubCheckpoint] = {
         filename=OPENAI_CLIP_FILE,
         size_note="about 1.7 GB",
     ),
+    # OpenAI's ResNet CLIPs (open_clip's CLIP layout, the same keys as OpenAI's state dicts).
+    "RN50": HubCheckpoint(name="RN50", repo_id="timm/resnet50_clip.openai", filename=OPENAI_CLIP_FILE,
+                          size_note="about 410 MB"),
+    "RN101": HubCheckpoint(name="RN101", repo_id="timm/resnet101_clip.openai", filename=OPENAI_CLIP_FILE,
+                           size_note="about 480 MB"),
+    "RN50x4": HubCheckpoint(name="RN50x4", repo_id="timm/resnet50x4_clip.openai", filename=OPENAI_CLIP_FILE,
+                            size_note="about 710 MB"),
+    "RN50x16": HubCheckpoint(name="RN50x16", repo_id="timm/resnet50x16_clip.openai", filename=OPENAI_CLIP_FILE,
+                             size_note="about 1.2 GB"),
+    "RN50x64": HubCheckpoint(name="RN50x64", repo_id="timm/resnet50x64_clip.openai", filename=OPENAI_CLIP_FILE,
+                             size_note="about 2.5 GB"),
 }
 DEFAULT_CLIP = "ViT-B/16"
+
+# open_clip's own pretrained registry, by "<open_clip model>:<pretrained tag>"; any such name
+# works (see surgery/openclip_models.py), these are the ones offered in the app.
+OPENCLIP_SUGGESTED = (
+    "ViT-B-16:laion2b_s34b_b88k",
+    "ViT-B-16:datacomp_xl_s13b_b90k",
+    "ViT-B-16:metaclip_fullcc",
+)
 
 SAM_REPO = "ybelkada/segment-anything"
 SAM_CHECKPOINTS: dict[str, HubCheckpoint] = {

@@ -69,3 +69,39 @@ def test_upload_run_and_threshold_in_browser(browser, tmp_path):
         page.screenshot(path=str(ARTIFACTS / "app-threshold.png"), full_page=True)
         page.close()
     shutil.copyfile(ARTIFACTS / "app.png", ARTIFACTS / "screenshot.png")
+
+
+def _pick_dropdown(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=option, exact=True).click()
+
+
+def test_backbone_choice_suggested_threshold_and_instances(browser, tmp_path):
+    rn50 = ROOT / "tests" / "data" / "parity-rn" / "weights.safetensors"
+    with running_app(tmp_path, *tiny_args("--backbone-checkpoint", f"RN50={rn50}")) as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server.url)
+        expect(page.locator("#model-status")).to_contain_text("ready", timeout=60_000)
+        page.locator("input[type=file]").first.set_input_files(str(ROOT / "assets" / "chelsea.jpg"))
+        page.get_by_label("Labels").fill("cat, grass")
+        page.get_by_text("Advanced").click()
+        _pick_dropdown(page, "backbone", "RN50")
+        page.get_by_role("button", name="Run", exact=True).click()
+        summary = page.locator("#summary")
+        expect(summary).to_contain_text("mask score", timeout=90_000)
+        expect(summary).to_contain_text("RN50 (weights.safetensors) at 512 px")  # the chosen backbone ran
+
+        calls_before = len(server.model_calls())
+        page.locator("#suggest").click()
+        slider_number = page.locator("#threshold input[type=number]")
+        expect(slider_number).not_to_have_value("0", timeout=30_000)
+        suggested = float(slider_number.input_value())
+        assert suggested > 0
+        expect(summary).to_contain_text(f"Threshold {suggested:g}", timeout=30_000)
+
+        page.locator("#instances input").check()
+        expect(summary).to_contain_text("instances", timeout=30_000)
+        expect(page.locator("#masks")).to_contain_text("#1")
+        assert not [c for c in server.model_calls()[calls_before:] if "encoder" in c]
+        page.screenshot(path=str(ARTIFACTS / "app-instances.png"), full_page=True)
+        page.close()
