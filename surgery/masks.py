@@ -1,0 +1,209 @@
+"""Segment Anything as a stateless per-request service: embed an image once, prompt it many times.
+
+`segment_anything.SamPredictor` keeps the current image inside the predictor,
+so one shared predictor cannot serve two requests at once. Here the image
+embedding is a frozen value (`ImageEmbedding`) kept in a small LRU cache, and
+every prediction uses a fresh predictor that is handed that value, so requests
+never share mutable state and an image is encoded once however often it is
+clicked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from segment_anything import SamPredictor
+from segment_anything.modeling import Sam
+
+from .errors import InputError
+
+PRECISIONS = ("fp32", "bf16")
+DEFAULT_CACHE_ENTRIES = 4
+
+
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """SAM's encoding of one image plus the sizes needed to map points and masks back onto it."""
+
+    features: torch.Tensor  # (1, C, h, w) float32
+    original_size: tuple[int, int]  # (H, W) of the image as given
+    input_size: tuple[int, int]  # (H, W) after resizing the long side to the encoder size
+    key: str  # "<model id>:<image digest>"
+
+
+@dataclass(frozen=True)
+class MaskPrediction:
+    """SAM's three candidate masks for one prompt, with its own quality estimate for each."""
+
+    candidates: np.ndarray  # bool (3, H, W)
+    scores: np.ndarray  # float32 (3,)
+    best: int
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The candidate SAM rates highest."""
+        return self.candidates[self.best]
+
+    @property
+    def score(self) -> float:
+        return float(self.scores[self.best])
+
+
+def best_mask(candidates: np.ndarray, scores: np.ndarray) -> tuple[int, np.ndarray]:
+    """Index and mask of the highest-scoring candidate (the first on ties)."""
+    index = int(np.argmax(scores))
+    return index, candidates[index]
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether `device` runs bfloat16 natively, so bf16 is a speed-up rather than a slow emulation.
+
+    On CPUs that means AVX512-BF16 or AMX-BF16 (x86) or the BF16 extension
+    (ARM); oneDNN would emulate bf16 elsewhere, slower than fp32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        capabilities = torch.cpu.get_capabilities()
+        return any(bool(capabilities.get(name)) for name in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+    return False
+
+
+def image_digest(image_rgb: np.ndarray) -> str:
+    """SHA-256 of the pixels and the shape, so equal images share one cache entry."""
+    digest = hashlib.sha256()
+    digest.update(repr((image_rgb.shape, image_rgb.dtype.str)).encode())
+    digest.update(np.ascontiguousarray(image_rgb).data)
+    return digest.hexdigest()
+
+
+def _check_image(image_rgb: object) -> np.ndarray:
+    if not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8:
+        raise InputError("The image must be a uint8 RGB array (height × width × 3).")
+    if image_rgb.ndim != 3 or image_rgb.shape[2] != 3 or image_rgb.shape[0] < 1 or image_rgb.shape[1] < 1:
+        raise InputError(f"The image must be height × width × 3 RGB; got shape {image_rgb.shape}.")
+    return image_rgb
+
+
+def _check_points(points: object, original_size: tuple[int, int]) -> np.ndarray:
+    array = np.asarray(points)
+    if array.size == 0:
+        raise InputError("Click at least one point on the image to segment.")
+    if array.ndim != 2 or array.shape[1] != 3 or not np.issubdtype(array.dtype, np.number):
+        raise InputError(f"Points must be rows of [x, y, label]; got an array of shape {array.shape}.")
+    labels = array[:, 2]
+    if not np.isin(labels, (0, 1)).all():
+        raise InputError("Point labels must be 1 (include) or 0 (exclude).")
+    height, width = original_size
+    x, y = array[:, 0], array[:, 1]
+    if (x < 0).any() or (x >= width).any() or (y < 0).any() or (y >= height).any():
+        raise InputError(f"A point lies outside the {width}×{height} image.")
+    return array
+
+
+class SamSegmenter:
+    """One SAM model plus a bounded, thread-safe LRU cache of image embeddings.
+
+    `encode_calls` counts real image encodings (cache misses), the expensive
+    step; tests use it to check that each image is encoded once.
+    """
+
+    def __init__(self, sam: Sam, precision: str = "fp32", cache_entries: int = DEFAULT_CACHE_ENTRIES) -> None:
+        if precision not in PRECISIONS:
+            raise InputError(f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}.")
+        if precision == "bf16" and not bf16_supported(sam.device):
+            what = "CPU" if sam.device.type == "cpu" else "GPU"
+            raise InputError(f"bf16 is not supported on this {what}; use fp32.")
+        if cache_entries < 1:
+            raise InputError("The embedding cache needs room for at least one image.")
+        self.sam = sam
+        self.precision = precision
+        self.cache_entries = cache_entries
+        self.model_id = f"sam@{id(sam):x}/{precision}"
+        self.encode_calls = 0
+        self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
+        self._in_flight: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.sam.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def cached_keys(self) -> list[str]:
+        """Keys of the cached embeddings, least recently used first."""
+        with self._lock:
+            return list(self._cache)
+
+    def _lookup(self, key: str) -> ImageEmbedding | None:
+        with self._lock:
+            embedding = self._cache.get(key)
+            if embedding is not None:
+                self._cache.move_to_end(key)
+            return embedding
+
+    def embed(self, image_rgb: np.ndarray) -> ImageEmbedding:
+        """The image's SAM embedding, encoded only if it is not cached (once even under concurrent calls)."""
+        image_rgb = _check_image(image_rgb)
+        key = f"{self.model_id}:{image_digest(image_rgb)}"
+        if (hit := self._lookup(key)) is not None:
+            return hit
+        with self._lock:
+            key_lock = self._in_flight.setdefault(key, threading.Lock())
+        with key_lock:
+            if (hit := self._lookup(key)) is not None:
+                return hit
+            try:
+                embedding = self._encode(image_rgb, key)
+                with self._lock:
+                    self.encode_calls += 1
+                    self._cache[key] = embedding
+                    while len(self._cache) > self.cache_entries:
+                        self._cache.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._in_flight.pop(key, None)
+        return embedding
+
+    def _encode(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
+        predictor = SamPredictor(self.sam)
+        with torch.inference_mode(), self._autocast():
+            predictor.set_image(image_rgb)
+        return ImageEmbedding(
+            features=predictor.features.float(),
+            original_size=(int(predictor.original_size[0]), int(predictor.original_size[1])),
+            input_size=(int(predictor.input_size[0]), int(predictor.input_size[1])),
+            key=key,
+        )
+
+    def predict(self, embedding: ImageEmbedding, points: np.ndarray) -> MaskPrediction:
+        """SAM's three candidate masks for point prompts: rows of [x, y, label], label 1 = object, 0 = not."""
+        if not embedding.key.startswith(self.model_id + ":"):
+            raise InputError("This image embedding was computed by a different SAM model or precision; embed it again.")
+        points = _check_points(points, embedding.original_size)
+        predictor = SamPredictor(self.sam)
+        predictor.features = embedding.features
+        predictor.original_size = embedding.original_size
+        predictor.input_size = embedding.input_size
+        predictor.is_image_set = True
+        coords = predictor.transform.apply_coords(points[:, :2].astype(np.float32), embedding.original_size)
+        coords_torch = torch.as_tensor(coords, dtype=torch.float, device=self.sam.device)[None]
+        labels_torch = torch.as_tensor(points[:, 2], dtype=torch.int, device=self.sam.device)[None]
+        with torch.inference_mode(), self._autocast():
+            logits, scores, _ = predictor.predict_torch(
+                coords_torch, labels_torch, multimask_output=True, return_logits=True)
+        candidates = (logits[0].float() > self.sam.mask_threshold).cpu().numpy()
+        scores_np = scores[0].float().cpu().numpy().astype(np.float32)
+        best, _ = best_mask(candidates, scores_np)
+        return MaskPrediction(candidates=candidates, scores=scores_np, best=best)
+
+    def segment(self, image_rgb: np.ndarray, points: np.ndarray) -> MaskPrediction:
+        """embed + predict in one call."""
+        return self.predict(self.embed(image_rgb), points)
