@@ -24,6 +24,7 @@ from surgery.labels import parse_labels
 from surgery.models import PRECISIONS, ModelConfig, ModelStore
 from surgery.preprocess import MAX_PIXELS, check_pixel_count, load_image
 from surgery.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
+from surgery.text_store import default_text_cache_dir
 
 log = logging.getLogger("app")
 ROOT = Path(__file__).parent
@@ -364,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
     store = ModelStore(ModelConfig(
         clip_model=args.model, clip_checkpoint=args.clip_checkpoint, sam_model=args.sam_model,
         sam_checkpoint=args.sam_checkpoint, load_sam=not args.no_sam, backbone_checkpoints=backbones,
+        text_cache_dir=default_text_cache_dir(),
     ))
     store.start()
     demo = build_demo(store)

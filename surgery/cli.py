@@ -98,7 +98,9 @@ def run_explain(args: argparse.Namespace) -> int:
     images = expand_images(args.images)
     if not images:
         raise InputError("No images found in the given folders.")
-    explainer = load_clip_explainer(args.model, args.clip_checkpoint)
+    from .text_store import default_text_cache_dir
+
+    explainer = load_clip_explainer(args.model, args.clip_checkpoint, default_text_cache_dir())
     check_resolution(options.resolution, explainer.patch_size)  # once, not once per image
     segmenter = None
     sam_name = None

@@ -28,6 +28,7 @@ from .maps import mean_of_normalised
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_input
 from .resnet_encoder import OUTPUT_STRIDE, check_resnet_resolution, encode_resnet_tokens
 from .text_encoder import background_vocabulary, prompt_ensemble
+from .text_store import TextFeatureStore
 from .weights import file_sha256, load_state_dict
 
 calls = logging.getLogger("surgery.calls")  # one line per real model call (tests count them)
@@ -77,7 +78,7 @@ class ClipExplainer:
 
     def __init__(self, model: CLIP, *, name: str, weights_id: str, mean: tuple[float, ...] = CLIP_MEAN,
                  std: tuple[float, ...] = CLIP_STD, image_cache_entries: int = 8,
-                 text_cache_entries: int = 4096) -> None:
+                 text_cache_entries: int = 4096, text_cache_dir: Path | None = None) -> None:
         self.is_resnet = isinstance(model.visual, ModifiedResNet)
         if not self.is_resnet and not hasattr(model.visual, "transformer"):
             raise InputError(f"{name} has neither a ViT nor a ResNet image tower; it is not supported by this engine.")
@@ -89,6 +90,7 @@ class ClipExplainer:
         self.mean, self.std = tuple(mean), tuple(std)
         self._image_cache: LRUCache[ImageTokens] = LRUCache(image_cache_entries)
         self._text_cache: LRUCache[torch.Tensor] = LRUCache(text_cache_entries)
+        self._text_store = TextFeatureStore(text_cache_dir, weights_id) if text_cache_dir else None
         self.image_encodings = 0  # real forward passes, for tests and benchmarks
 
     @classmethod
@@ -119,10 +121,18 @@ class ClipExplainer:
     def text_features(self, texts: list[str]) -> torch.Tensor:
         """(K, c) ensemble features, computing only the labels not cached yet, in one batch."""
         missing = [t for t in dict.fromkeys(texts) if (self.weights_id, t) not in self._text_cache]
+        if missing and self._text_store is not None:
+            for text in list(missing):
+                stored = self._text_store.load(text)
+                if stored is not None and stored.shape == (self.model.text_projection.shape[1],):
+                    self._text_cache.put((self.weights_id, text), stored)
+                    missing.remove(text)
         if missing:
             calls.info("model call: CLIP text encoder for %d labels", len(missing))
             for text, feature in zip(missing, prompt_ensemble(self.model, missing)):
                 self._text_cache.put((self.weights_id, text), feature)
+                if self._text_store is not None:
+                    self._text_store.save(text, feature)
         rows = [self._text_cache.get((self.weights_id, t)) for t in texts]
         if any(row is None for row in rows):  # evicted between put and get by a concurrent request
             return prompt_ensemble(self.model, list(texts))

@@ -31,7 +31,8 @@ def sam_checkpoint_path(sam_model: str, checkpoint: str | Path | None = None) ->
     return download_checkpoint(SAM_CHECKPOINTS[sam_model])
 
 
-def load_clip_explainer(model: str, checkpoint: str | Path | None = None) -> ClipExplainer:
+def load_clip_explainer(model: str, checkpoint: str | Path | None = None,
+                        text_cache_dir: Path | None = None) -> ClipExplainer:
     """An OpenAI-layout CLIP from the registry (ViT or ResNet) or open_clip's registry (`MODEL:TAG`).
 
     With `checkpoint`, that file's weights are used; for an open_clip name they must fit its architecture.
@@ -42,7 +43,8 @@ def load_clip_explainer(model: str, checkpoint: str | Path | None = None) -> Cli
         load_weights(network, load_state_dict(path), model)
         mean, std = image_normalisation(model)
         name = Path(checkpoint).name if checkpoint else model
-        return ClipExplainer(network, name=name, weights_id=file_sha256(path)[:16], mean=mean, std=std)
+        return ClipExplainer(network, name=name, weights_id=file_sha256(path)[:16], mean=mean, std=std,
+                             text_cache_dir=text_cache_dir)
     if checkpoint:
         path = Path(checkpoint)
         name = path.name
@@ -51,7 +53,8 @@ def load_clip_explainer(model: str, checkpoint: str | Path | None = None) -> Cli
         name = model
     else:
         raise _unknown_clip(model)
-    return ClipExplainer(build_clip(load_state_dict(path)), name=name, weights_id=file_sha256(path)[:16])
+    return ClipExplainer(build_clip(load_state_dict(path)), name=name, weights_id=file_sha256(path)[:16],
+                         text_cache_dir=text_cache_dir)
 
 
 def load_sam_segmenter(sam_model: str, checkpoint: str | Path | None = None, precision: str = "fp32"):

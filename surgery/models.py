@@ -38,6 +38,7 @@ class ModelConfig:
     sam_checkpoint: Path | None = None
     load_sam: bool = True
     backbone_checkpoints: dict[str, Path] = field(default_factory=dict)  # other backbones from local files
+    text_cache_dir: Path | None = None  # label embeddings on disk (None: memory only)
     max_loaded: int = 2  # per kind; the defaults count too
 
     def default_sam(self) -> str:
@@ -79,11 +80,12 @@ class ModelStore:
         if kind == "clip":
             name = key[1]
             if name != self.config.clip_model and name in self.config.backbone_checkpoints:
-                explainer = load_clip_explainer(name, self.config.backbone_checkpoints[name])
+                explainer = load_clip_explainer(name, self.config.backbone_checkpoints[name],
+                                                self.config.text_cache_dir)
                 explainer.name = self.clip_display_name(name)
                 return explainer
             local = self.config.clip_checkpoint if name == self.config.clip_model else None
-            return load_clip_explainer(name, local)
+            return load_clip_explainer(name, local, self.config.text_cache_dir)
         name, precision = key[1], key[2]
         local = self.config.sam_checkpoint if name == self.config.default_sam() else None
         return load_sam_segmenter(name, local, precision)

@@ -11,6 +11,15 @@ PARITY = DATA / "parity"
 TINY_CLIP = PARITY / "weights.safetensors"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_caches(tmp_path_factory):
+    """Keep the app's and CLI's disk caches (label embeddings) inside this test run."""
+    import os
+
+    os.environ["CLIP_SURGERY_CACHE"] = str(tmp_path_factory.mktemp("clip-surgery-cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def parity_cases() -> list[dict]:
     return json.loads((PARITY / "reference.json").read_text())

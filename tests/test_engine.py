@@ -119,3 +119,17 @@ def test_combined_label_uses_parts(explainer, rocket):
     combined = maps.labels[0]
     assert combined.label.parts == ("rocket", "smoke") and combined.surgery_parts.shape == (2, 14, 14)
     assert 0.0 <= combined.surgery_map.min() and combined.surgery_map.max() <= 1.0
+
+
+def test_label_embeddings_survive_a_restart_through_the_disk_cache(tmp_path, rocket):
+    from conftest import TINY_CLIP
+    from surgery.engine import ClipExplainer
+
+    first = ClipExplainer.from_file(TINY_CLIP, name="tiny", text_cache_dir=tmp_path)
+    features = first.text_features(["rocket", "launch pad"])
+    assert len(list(tmp_path.rglob("*.npy"))) == 2
+    restarted = ClipExplainer.from_file(TINY_CLIP, name="tiny", text_cache_dir=tmp_path)
+    restarted.model.token_embedding.weight.data.zero_()  # a recomputation would now differ
+    torch.testing.assert_close(restarted.text_features(["rocket", "launch pad"]), features, atol=0, rtol=0)
+    other = restarted.text_features(["smoke"])  # not stored: computed with the (zeroed) model
+    assert other.shape == (1, features.shape[1])
