@@ -185,7 +185,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
         rgb = image_array(image)
         explainer = store.clip(backbone)
         size, _ = S.check_resolution_choice(resolution, explainer.patch_size)
-        explainer.image_tokens(rgb, size)
+        explainer.image_tokens(rgb, size, precision=precision)
         segmenter = store.sam(sam_choice, precision)
         if segmenter is not None:
             segmenter.embed(rgb)
@@ -202,7 +202,8 @@ def build_demo(store: ModelStore) -> gr.Blocks:
         explainer = store.clip(backbone, progress=progress_callback(progress))
         size, note = S.check_resolution_choice(resolution, explainer.patch_size)
         progress(0.2, desc="CLIP and CLIP Surgery maps…")
-        maps = explainer.compute_maps(rgb, parsed.labels, MapOptions(resolution=size, redundancy=redundancy))
+        maps = explainer.compute_maps(rgb, parsed.labels,
+                                      MapOptions(resolution=size, redundancy=redundancy, precision=precision))
         segmenter = store.sam(sam_choice, precision, progress=progress_callback(progress))
         state = S.SessionState(
             rgb, maps, explainer.name, store.sam_display_name(sam_choice) if segmenter else None, segmenter,

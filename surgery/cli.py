@@ -94,7 +94,7 @@ def run_explain(args: argparse.Namespace) -> int:
     parsed = parse_labels(args.labels)
     for note in parsed.notes:
         print(f"note: {note}", file=sys.stderr)
-    options = MapOptions(resolution=args.resolution, redundancy=args.redundancy)
+    options = MapOptions(resolution=args.resolution, redundancy=args.redundancy, precision=args.precision)
     images = expand_images(args.images)
     if not images:
         raise InputError("No images found in the given folders.")

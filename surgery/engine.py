@@ -8,6 +8,7 @@ threshold-dependent happens later, on these arrays, without the model.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -40,11 +41,28 @@ DEFAULT_RESOLUTION = 512
 DEFAULT_REDUNDANCY = "vocab"
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 @dataclass(frozen=True)
 class MapOptions:
     resolution: int = DEFAULT_RESOLUTION
     redundancy: str = DEFAULT_REDUNDANCY
     surgery_depth: int = DEFAULT_SURGERY_DEPTH
+    precision: str = "fp32"  # bf16: autocast where the CPU/GPU runs bfloat16 natively
+
+
+def precision_context(precision: str) -> contextlib.AbstractContextManager:
+    """fp32: nothing; bf16: autocast, refused with a clear message where it would be emulated."""
+    if precision not in PRECISIONS:
+        raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}.")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    from .masks import bf16_supported
+
+    if not bf16_supported("cpu"):
+        raise InputError("bf16 is not supported on this CPU; use fp32.")
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -101,41 +119,50 @@ class ClipExplainer:
 
     # --- cached encoders -------------------------------------------------
     def image_tokens(self, image_rgb: np.ndarray, resolution: int,
-                     surgery_depth: int = DEFAULT_SURGERY_DEPTH) -> ImageTokens:
+                     surgery_depth: int = DEFAULT_SURGERY_DEPTH, precision: str = "fp32") -> ImageTokens:
         if self.is_resnet:
             check_resnet_resolution(resolution)
         else:
             check_resolution(resolution, self.patch_size)
-        key = (image_key(image_rgb), resolution, None if self.is_resnet else surgery_depth, self.mean, self.std)
+        autocast = precision_context(precision)
+        key = (image_key(image_rgb), resolution, None if self.is_resnet else surgery_depth, precision)
 
         def compute() -> ImageTokens:
             self.image_encodings += 1
             calls.info("model call: CLIP image encoder at %d px", resolution)
             pixels = clip_input(image_rgb, resolution, self.mean, self.std)
-            if self.is_resnet:  # the surgery is in the attention pool; depth does not apply
-                return encode_resnet_tokens(self.model.visual, pixels)
-            return encode_image_tokens(self.model.visual, pixels, surgery_depth)
+            with autocast:
+                if self.is_resnet:  # the surgery is in the attention pool; depth does not apply
+                    tokens = encode_resnet_tokens(self.model.visual, pixels)
+                else:
+                    tokens = encode_image_tokens(self.model.visual, pixels, surgery_depth)
+            return ImageTokens(tokens.clip_tokens.float(), tokens.surgery_tokens.float(), tokens.grid)
 
         return self._image_cache.get_or_compute(key, compute)
 
-    def text_features(self, texts: list[str]) -> torch.Tensor:
+    def text_features(self, texts: list[str], precision: str = "fp32") -> torch.Tensor:
         """(K, c) ensemble features, computing only the labels not cached yet, in one batch."""
-        missing = [t for t in dict.fromkeys(texts) if (self.weights_id, t) not in self._text_cache]
-        if missing and self._text_store is not None:
+        autocast = precision_context(precision)
+        cache_id = self.weights_id if precision == "fp32" else f"{self.weights_id}/{precision}"
+        missing = [t for t in dict.fromkeys(texts) if (cache_id, t) not in self._text_cache]
+        if missing and self._text_store is not None and precision == "fp32":
             for text in list(missing):
                 stored = self._text_store.load(text)
                 if stored is not None and stored.shape == (self.model.text_projection.shape[1],):
-                    self._text_cache.put((self.weights_id, text), stored)
+                    self._text_cache.put((cache_id, text), stored)
                     missing.remove(text)
         if missing:
             calls.info("model call: CLIP text encoder for %d labels", len(missing))
-            for text, feature in zip(missing, prompt_ensemble(self.model, missing)):
-                self._text_cache.put((self.weights_id, text), feature)
-                if self._text_store is not None:
+            with autocast:
+                computed = prompt_ensemble(self.model, missing).float()
+            for text, feature in zip(missing, computed):
+                self._text_cache.put((cache_id, text), feature)
+                if self._text_store is not None and precision == "fp32":
                     self._text_store.save(text, feature)
-        rows = [self._text_cache.get((self.weights_id, t)) for t in texts]
+        rows = [self._text_cache.get((cache_id, t)) for t in texts]
         if any(row is None for row in rows):  # evicted between put and get by a concurrent request
-            return prompt_ensemble(self.model, list(texts))
+            with autocast:
+                return prompt_ensemble(self.model, list(texts)).float()
         return torch.stack(rows)
 
     def warm_vocabulary(self) -> None:
@@ -149,7 +176,7 @@ class ClipExplainer:
             raise InputError(f"Redundancy must be one of {', '.join(feature_surgery.REDUNDANCY_MODES)}.")
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        tokens = self.image_tokens(image_rgb, options.resolution, options.surgery_depth)
+        tokens = self.image_tokens(image_rgb, options.resolution, options.surgery_depth, options.precision)
         timings["clip_image"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -163,7 +190,7 @@ class ClipExplainer:
                 "Redundancy 'labels' needs at least two labels (with one it gives a flat map). "
                 "Add a label, or choose 'vocab' or 'empty'."
             )
-        features = self.text_features(context + [""])
+        features = self.text_features(context + [""], options.precision)
         context_features, empty_feature = features[:-1], features[-1]
         index = {text: i for i, text in enumerate(context)}
         timings["text"] = time.perf_counter() - start

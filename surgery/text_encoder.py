@@ -81,6 +81,6 @@ def prompt_ensemble(model: CLIP, labels: list[str], templates: tuple[str, ...] |
         for start in range(0, len(group), labels_per_call):
             chunk = group[start:start + labels_per_call]
             encoded = encode_token_batch(model, torch.cat([per_label[i] for i in chunk]))
-            features[chunk] = encoded.view(len(chunk), len(templates), -1)
+            features[chunk] = encoded.float().view(len(chunk), len(templates), -1)
     features = F.normalize(features, dim=-1).mean(dim=1)
     return F.normalize(features, dim=-1)

@@ -133,3 +133,22 @@ def test_label_embeddings_survive_a_restart_through_the_disk_cache(tmp_path, roc
     torch.testing.assert_close(restarted.text_features(["rocket", "launch pad"]), features, atol=0, rtol=0)
     other = restarted.text_features(["smoke"])  # not stored: computed with the (zeroed) model
     assert other.shape == (1, features.shape[1])
+
+
+def test_bf16_maps_agree_with_fp32_and_are_cached_apart(explainer, rocket):
+    from surgery.masks import bf16_supported
+
+    labels = parse_labels("rocket, smoke").labels
+    fp32 = explainer.compute_maps(rocket, labels, MapOptions(224, "labels"))
+    if not bf16_supported("cpu"):
+        with pytest.raises(InputError, match="bf16 is not supported"):
+            explainer.compute_maps(rocket, labels, MapOptions(224, "labels", precision="bf16"))
+        return
+    bf16 = explainer.compute_maps(rocket, labels, MapOptions(224, "labels", precision="bf16"))
+    for a, b in zip(fp32.labels, bf16.labels):
+        assert a.surgery_map.dtype == b.surgery_map.dtype == np.float32
+        assert not np.array_equal(a.surgery_map, b.surgery_map)  # really ran in bf16, not a cache hit
+        correlation = np.corrcoef(a.surgery_map.ravel(), b.surgery_map.ravel())[0, 1]
+        assert correlation > 0.95
+    with pytest.raises(InputError, match="Precision must be one of"):
+        explainer.compute_maps(rocket, labels, MapOptions(224, "labels", precision="fp16"))
