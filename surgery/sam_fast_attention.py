@@ -21,6 +21,11 @@ q·kᵀ work, and torch's CPU flash kernel needs v padded to the same width);
 SDPA with the bias passed as a per-slab float mask: 0.44-0.75 s; these slabs:
 0.40 s. Windowed blocks (25 windows of 196 tokens): stock 0.20 s, augmented
 SDPA 0.31 s, slabs 0.09 s. So the slab version is the one used on CPUs.
+Whole vit_b encoder at 1024², fp32, two pinned cores of an otherwise idle
+Xeon: stock 12.3 s, slabs 6.8 s, SDPA with the whole bias as mask 7.5 s; most
+of what is left is the linear layers. On cores shared with other busy
+processes the slabs' many mid-sized operations lose more than stock's few
+big ones, and the gain can vanish.
 
 On a GPU many small slabs cost more in kernel launches than they save (H100,
 vit_b, fp32: stock 43 ms, slabs 99 ms). There the whole (B, heads, N, N) bias
@@ -35,10 +40,10 @@ import torch
 from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT, get_rel_pos
 from torch import nn
 
-# Scores per slab (float elements). ~8 MB in fp32: measured best between 2 and 16 MB.
+# Scores per slab (float elements), ~8 MB in fp32. Measured on vit_b: 2M and 4M
+# the same, 8M 40 % slower (out of cache), 512 rows × 4096 keys is 2M.
 SLAB_SCORES = 1 << 21
 METHODS = ("auto", "slabs", "sdpa")
-MERGE_BATCH = True
 
 
 def decomposed_rel_pos_terms(
@@ -71,7 +76,6 @@ def attention_with_decomposed_bias(
     scale: float,
     out: torch.Tensor | None = None,
     slab_scores: int = SLAB_SCORES,
-    merge_batch: bool = True,
 ) -> torch.Tensor:
     """softmax(scale·q·kᵀ + rel_h[..., kh] + rel_w[..., kw]) · v, one cache-sized slab of scores at a time.
 
@@ -81,10 +85,6 @@ def attention_with_decomposed_bias(
     N×N scores fit `slab_scores` (windowed blocks), else a run of query rows
     of one head (global blocks). Writes into and returns `out` (B, heads, N, C),
     which may be a strided view, e.g. of a (B, N, heads, C) buffer.
-
-    With `merge_batch`, small items (windows) are first copied into one
-    (1, B·heads, N, C) batch so that a slab can span several windows: fewer,
-    larger operations, which matters when other processes compete for the cores.
     """
     batch, heads, tokens, _ = q.shape
     key_h, key_w = rel_h.shape[-1], rel_w.shape[-1]
@@ -92,14 +92,6 @@ def attention_with_decomposed_bias(
         out = torch.empty(q.shape[:-1] + v.shape[-1:], dtype=v.dtype, device=v.device)
     rows = max(1, min(tokens, slab_scores // tokens))
     group = max(1, min(heads, slab_scores // (tokens * tokens))) if rows == tokens else 1
-    if merge_batch and batch > 1 and group == heads and slab_scores // (tokens * tokens) > heads:
-        items = batch * heads
-        merged = attention_with_decomposed_bias(
-            q.reshape(1, items, tokens, -1), k.reshape(1, items, tokens, -1), v.reshape(1, items, tokens, -1),
-            rel_h.reshape(1, items, tokens, key_h), rel_w.reshape(1, items, tokens, key_w),
-            scale, slab_scores=slab_scores, merge_batch=False)
-        out.copy_(merged.view(out.shape))
-        return out
     for b in range(batch):
         k_t = k[b].transpose(-2, -1)
         for h0 in range(0, heads, group):
@@ -166,8 +158,7 @@ class FastSamAttention(nn.Module):
             rel_h, rel_w = decomposed_rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, (height, width))
             if slabs:
                 attention_with_decomposed_bias(
-                    q, k, v, rel_h, rel_w, self.scale, out=merged.transpose(1, 2), slab_scores=self.slab_scores,
-                    merge_batch=MERGE_BATCH)
+                    q, k, v, rel_h, rel_w, self.scale, out=merged.transpose(1, 2), slab_scores=self.slab_scores)
             else:
                 merged.transpose(1, 2).copy_(sdpa_with_decomposed_bias(q, k, v, rel_h, rel_w, self.scale))
         else:

@@ -34,7 +34,6 @@ DECODER_NUM_HEADS = 8
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
-_ENCODER = "image_encoder."
 _PATCH_WEIGHT = "image_encoder.patch_embed.proj.weight"
 _BLOCK_KEY = re.compile(r"^image_encoder\.blocks\.(\d+)\.")
 _DECODER_LAYER_KEY = re.compile(r"^mask_decoder\.transformer\.layers\.(\d+)\.")
