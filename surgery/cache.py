@@ -68,6 +68,11 @@ class LRUCache(Generic[V]):
                     self._in_flight.pop(key, None)
         return value
 
+    def keys(self) -> list[Hashable]:
+        """Keys, least recently used first."""
+        with self._lock:
+            return list(self._items)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._items)

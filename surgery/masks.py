@@ -11,9 +11,7 @@ clicked.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import threading
-from collections import OrderedDict
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +19,10 @@ import torch
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
+from .cache import LRUCache, image_key
 from .errors import InputError
+
+calls = logging.getLogger("surgery.calls")  # one line per real model call (tests count them)
 
 PRECISIONS = ("fp32", "bf16")
 DEFAULT_CACHE_ENTRIES = 4
@@ -76,14 +77,6 @@ def bf16_supported(device: torch.device | str) -> bool:
     return False
 
 
-def image_digest(image_rgb: np.ndarray) -> str:
-    """SHA-256 of the pixels and the shape, so equal images share one cache entry."""
-    digest = hashlib.sha256()
-    digest.update(repr((image_rgb.shape, image_rgb.dtype.str)).encode())
-    digest.update(np.ascontiguousarray(image_rgb).data)
-    return digest.hexdigest()
-
-
 def _check_image(image_rgb: object) -> np.ndarray:
     if not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8:
         raise InputError("The image must be a uint8 RGB array (height × width × 3).")
@@ -128,9 +121,7 @@ class SamSegmenter:
         self.cache_entries = cache_entries
         self.model_id = f"sam@{id(sam):x}/{precision}"
         self.encode_calls = 0
-        self._cache: OrderedDict[str, ImageEmbedding] = OrderedDict()
-        self._in_flight: dict[str, threading.Lock] = {}
-        self._lock = threading.Lock()
+        self._cache: LRUCache[ImageEmbedding] = LRUCache(cache_entries)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "bf16":
@@ -139,40 +130,17 @@ class SamSegmenter:
 
     def cached_keys(self) -> list[str]:
         """Keys of the cached embeddings, least recently used first."""
-        with self._lock:
-            return list(self._cache)
-
-    def _lookup(self, key: str) -> ImageEmbedding | None:
-        with self._lock:
-            embedding = self._cache.get(key)
-            if embedding is not None:
-                self._cache.move_to_end(key)
-            return embedding
+        return self._cache.keys()
 
     def embed(self, image_rgb: np.ndarray) -> ImageEmbedding:
         """The image's SAM embedding, encoded only if it is not cached (once even under concurrent calls)."""
         image_rgb = _check_image(image_rgb)
-        key = f"{self.model_id}:{image_digest(image_rgb)}"
-        if (hit := self._lookup(key)) is not None:
-            return hit
-        with self._lock:
-            key_lock = self._in_flight.setdefault(key, threading.Lock())
-        with key_lock:
-            if (hit := self._lookup(key)) is not None:
-                return hit
-            try:
-                embedding = self._encode(image_rgb, key)
-                with self._lock:
-                    self.encode_calls += 1
-                    self._cache[key] = embedding
-                    while len(self._cache) > self.cache_entries:
-                        self._cache.popitem(last=False)
-            finally:
-                with self._lock:
-                    self._in_flight.pop(key, None)
-        return embedding
+        key = f"{self.model_id}:{image_key(image_rgb)}"
+        return self._cache.get_or_compute(key, lambda: self._encode(image_rgb, key))
 
     def _encode(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
+        self.encode_calls += 1
+        calls.info("model call: SAM image encoder")
         predictor = SamPredictor(self.sam)
         with torch.inference_mode(), self._autocast():
             predictor.set_image(image_rgb)
@@ -188,6 +156,7 @@ class SamSegmenter:
         if not embedding.key.startswith(self.model_id + ":"):
             raise InputError("This image embedding was computed by a different SAM model or precision; embed it again.")
         points = _check_points(points, embedding.original_size)
+        calls.info("model call: SAM mask decoder (%d points)", len(points))
         predictor = SamPredictor(self.sam)
         predictor.features = embedding.features
         predictor.original_size = embedding.original_size
