@@ -33,9 +33,11 @@ MAX_FILE_SIZE = "20mb"
 RESOLUTIONS = [224, 336, 448, 512, 640, 768, 896, 1024]
 MODEL_CONCURRENCY = 1  # 2 cores: one model job at a time uses both; more would only contend
 RERENDER_CONCURRENCY = 4
-QUEUE_SIZE = 32
+QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE") or 32)  # env override: tests, small Spaces
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "clip-surgery-explorer"
 OUTPUT_TTL_S = 3600
+SESSION_TTL_S = 1800  # per-session raw maps and SAM embedding (a few MB) live this long after the last use
+SESSION_CAPACITY = 500  # sessions whose state is kept at once (bounds memory on a public Space)
 
 INTRO = """# CLIP Surgery Explorer
 Why does CLIP match this image to that word? **CLIP Surgery**
@@ -86,6 +88,25 @@ def user_errors(handler):
     return plain
 
 
+def _save_pil_to_cache_atomic(img, cache_dir, name="image", format="webp"):
+    """gradio.processing_utils.save_pil_to_cache without its race: the cache is content-hashed, so a
+    file already there is left alone, and a new one appears atomically. Gradio's own version truncates
+    and rewrites it in place, cutting short any download of the same file in progress (identical
+    outputs of two requests, or a gallery yielded before and after SAM)."""
+    data = gr.processing_utils.encode_pil_to_bytes(img, format)
+    folder = Path(cache_dir) / gr.processing_utils.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    target = (folder / f"{name}.{format}").resolve()
+    if not target.exists():
+        fd, staging = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(staging, target)
+    return str(target)
+
+
+gr.processing_utils.save_pil_to_cache = _save_pil_to_cache_atomic
+
 # PIL refuses images over twice this many pixels when it reads the header: a second guard
 # behind SafeImage's own check, for anything else that might open an uploaded image.
 PIL.Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
@@ -109,6 +130,10 @@ class SafeImage(gr.Image):
                     check_pixel_count(*header.size)
             except UserError as exc:
                 raise gr.Error(str(exc)) from None
+            except PIL.Image.DecompressionBombError:  # PIL's own header check, above 2 * MAX_IMAGE_PIXELS
+                raise gr.Error(
+                    f"The image has more than {MAX_PIXELS / 1e6:.0f} megapixels, the limit. Downscale it and try again."
+                ) from None
             except Exception:
                 raise gr.Error(
                     "This file is not an image this app can read. Use a JPEG, PNG, WebP, GIF, BMP or TIFF file."
@@ -120,6 +145,18 @@ class SafeImage(gr.Image):
         except Exception:
             log.warning("image preprocessing failed", exc_info=True)
             raise gr.Error("This image is truncated or corrupt. Re-export or re-download it and try again.") from None
+
+
+class ThresholdSlider(gr.Slider):
+    """gr.Slider whose value is checked by `S.check_threshold` (0 and below: off; a number up to
+    THRESHOLD_LIMIT), not by Gradio's bounds: `slider_update` narrows the slider per session, and
+    Gradio would then refuse a later API request above that narrowed maximum, and answer a
+    value that is not a number with no message at all."""
+
+    is_template = True  # rendered by the frontend's own Slider component
+
+    def preprocess(self, payload):
+        return payload
 
 
 def image_array(image):
@@ -211,15 +248,15 @@ def build_demo(store: ModelStore) -> gr.Blocks:
             point_options=PointOptions(bool(instances), bool(positive_only)), image_name=image_file_name(image))
         first = apply_threshold(maps, threshold_value, state.point_options)
         pick = gr.update(choices=[label.text for label in parsed.labels], value=None)
-        yield (*rendered(state, first, sam_pending=segmenter is not None), state, slider_update(state), pick)
-        if segmenter is not None:
+        if segmenter is not None:  # heatmaps now, masks when SAM is done
+            yield (*rendered(state, first, sam_pending=True), state, slider_update(state), pick)
             progress(0.6, desc="SAM image embedding…")
             started = time.perf_counter()
             state.embedding = segmenter.embed(rgb)
             first.timings["sam_image"] = time.perf_counter() - started
             progress(0.9, desc="SAM masks…")
         explanation = S.masks_for(state, first)
-        yield (*rendered(state, explanation), state, gr.update(), gr.update())
+        yield (*rendered(state, explanation), state, slider_update(state), pick)
 
     @user_errors
     def rethreshold(state, threshold):
@@ -262,14 +299,14 @@ def build_demo(store: ModelStore) -> gr.Blocks:
         text, ready = store.status()
         return text, gr.Timer(active=not ready)
 
-    with gr.Blocks(title="CLIP Surgery Explorer") as demo:
+    with gr.Blocks(title="CLIP Surgery Explorer", delete_cache=(900, SESSION_TTL_S)) as demo:
         gr.Markdown(INTRO)
         status_box = gr.Markdown("Loading model weights…", elem_id="model-status")
         with gr.Row():
             with gr.Column(scale=1):
                 image = SafeImage(type="pil", image_mode=None, label="Image", height=360, elem_id="image")
                 labels = gr.Textbox(label="Labels", placeholder="person, bench, cat+grass", info=LABELS_HINT)
-                threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.001, label="Threshold", info=THRESHOLD_HINT,
+                threshold = ThresholdSlider(0.0, 1.0, value=0.0, step=0.001, label="Threshold", info=THRESHOLD_HINT,
                                       elem_id="threshold")
                 with gr.Row():
                     run_button = gr.Button("Run", variant="primary", scale=2)
@@ -277,7 +314,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                 with gr.Accordion("Advanced", open=False):
                     backbone = gr.Dropdown(store.clip_choices(), value=store.config.clip_model, label="Backbone",
                                            elem_id="backbone")
-                    resolution = gr.Dropdown(RESOLUTIONS, value=DEFAULT_RESOLUTION, label="Input resolution",
+                    resolution = gr.Dropdown(RESOLUTIONS, value=DEFAULT_RESOLUTION, label="Input resolution", allow_custom_value=True,
                                              info="Snapped to a multiple of the backbone's patch size.")
                     redundancy = gr.Radio(list(REDUNDANCY_MODES), value=DEFAULT_REDUNDANCY, label="Redundancy",
                                           info="vocab: against 59 background classes (reference demo); "
@@ -306,7 +343,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                 with gr.Row():
                     download = gr.File(label="Download (zip)", elem_id="download")
                     result_file = gr.File(label="result.json", elem_id="result-json")
-        state = gr.State(None, time_to_live=3600)
+        state = gr.State(None, time_to_live=SESSION_TTL_S)
         timer = gr.Timer(2.0)
 
         outputs = [heatmaps, points, masks, histograms, summary, download, result_file]
@@ -376,6 +413,7 @@ def main(argv: list[str] | None = None) -> None:
         ssr_mode=False,
         max_file_size=MAX_FILE_SIZE,
         allowed_paths=[str(ASSETS)],
+        state_session_capacity=SESSION_CAPACITY,
         show_error=False,
     )
 

@@ -34,7 +34,11 @@ def _open_checked(source: str | os.PathLike | bytes | Image.Image, name: str) ->
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(handle)
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError):
+    except Image.DecompressionBombError:  # PIL refuses at open() above 2 * Image.MAX_IMAGE_PIXELS
+        raise InputError(
+            f"{name} has more than {MAX_PIXELS / 1e6:.0f} megapixels, the limit. Downscale it and try again."
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise InputError(
             f"{name} is not an image this app can read. Use a JPEG, PNG, WebP, GIF, BMP or TIFF file."
         ) from None
