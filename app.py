@@ -15,9 +15,8 @@ import gradio as gr
 import PIL.Image
 
 from surgery import session as S
-from surgery.engine import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION
+from surgery.engine import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, MapOptions
 from surgery.errors import UserError
-from surgery.engine import MapOptions
 from surgery.explain import PointOptions, apply_threshold
 from surgery.feature_surgery import REDUNDANCY_MODES
 from surgery.labels import parse_labels

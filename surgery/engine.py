@@ -25,6 +25,7 @@ from .clip_model import build_clip
 from .errors import InputError
 from .image_encoder import DEFAULT_SURGERY_DEPTH, ImageTokens, check_resolution, encode_image_tokens
 from .labels import Label
+from .masks import PRECISIONS, bf16_supported
 from .maps import mean_of_normalised
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_input
 from .resnet_encoder import OUTPUT_STRIDE, check_resnet_resolution, encode_resnet_tokens
@@ -41,9 +42,6 @@ DEFAULT_RESOLUTION = 512
 DEFAULT_REDUNDANCY = "vocab"
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
 @dataclass(frozen=True)
 class MapOptions:
     resolution: int = DEFAULT_RESOLUTION
@@ -58,8 +56,6 @@ def precision_context(precision: str) -> contextlib.AbstractContextManager:
         raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}.")
     if precision == "fp32":
         return contextlib.nullcontext()
-    from .masks import bf16_supported
-
     if not bf16_supported("cpu"):
         raise InputError("bf16 is not supported on this CPU; use fp32.")
     return torch.autocast("cpu", dtype=torch.bfloat16)

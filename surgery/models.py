@@ -21,13 +21,13 @@ from typing import Callable
 from .engine import ClipExplainer
 from .errors import InputError, UserError
 from .loading import load_clip_explainer, load_sam_segmenter
+from .masks import PRECISIONS
 from .openclip_models import parse_openclip_name
 from .registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, OPENCLIP_SUGGESTED, SAM_CHECKPOINTS, default_sam_model
 
 log = logging.getLogger(__name__)
 
 SAM_OFF = "off"
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
