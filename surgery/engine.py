@@ -29,7 +29,8 @@ from .masks import PRECISIONS, bf16_supported
 from .maps import mean_of_normalised
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_input
 from .resnet_encoder import OUTPUT_STRIDE, check_resnet_resolution, encode_resnet_tokens
-from .text_encoder import background_vocabulary, prompt_ensemble
+from .prompt_prefix import PrefixEncoder
+from .text_encoder import background_vocabulary
 from .text_store import TextFeatureStore
 from .weights import file_sha256, load_state_dict
 
@@ -105,6 +106,7 @@ class ClipExplainer:
         self._image_cache: LRUCache[ImageTokens] = LRUCache(image_cache_entries)
         self._text_cache: LRUCache[torch.Tensor] = LRUCache(text_cache_entries)
         self._text_store = TextFeatureStore(text_cache_dir, weights_id) if text_cache_dir else None
+        self._prompts = PrefixEncoder(model)  # template prefixes encoded once per model
         self.image_encodings = 0  # real forward passes, for tests and benchmarks
 
     @classmethod
@@ -150,7 +152,7 @@ class ClipExplainer:
         if missing:
             calls.info("model call: CLIP text encoder for %d labels", len(missing))
             with autocast:
-                computed = prompt_ensemble(self.model, missing).float()
+                computed = self._prompts.ensemble(missing).float()
             for text, feature in zip(missing, computed):
                 self._text_cache.put((cache_id, text), feature)
                 if self._text_store is not None and precision == "fp32":
@@ -158,7 +160,7 @@ class ClipExplainer:
         rows = [self._text_cache.get((cache_id, t)) for t in texts]
         if any(row is None for row in rows):  # evicted between put and get by a concurrent request
             with autocast:
-                return prompt_ensemble(self.model, list(texts)).float()
+                return self._prompts.ensemble(list(texts)).float()
         return torch.stack(rows)
 
     def warm_vocabulary(self) -> None:

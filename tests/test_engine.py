@@ -152,3 +152,17 @@ def test_bf16_maps_agree_with_fp32_and_are_cached_apart(explainer, rocket):
         assert correlation > 0.95
     with pytest.raises(InputError, match="Precision must be one of"):
         explainer.compute_maps(rocket, labels, MapOptions(224, "labels", precision="fp16"))
+
+
+def test_prefix_cached_prompts_equal_the_plain_ensemble(explainer):
+    from surgery.prompt_prefix import PrefixEncoder
+
+    encoder = PrefixEncoder(explainer.model)
+    labels = ["rocket", "launch pad at night", "café", "🐱", "don't", ""]
+    assert encoder._sequences("🐱") is None  # BPE merges across the template boundary: plain path
+    assert encoder._sequences("rocket") is not None
+    torch.testing.assert_close(encoder.ensemble(labels), prompt_ensemble(explainer.model, labels),
+                               atol=5e-7, rtol=0)
+    alone = encoder.ensemble(["launch pad at night"])
+    together = encoder.ensemble(["big red fire truck", "launch pad at night", "sky"])
+    assert torch.equal(alone[0], together[1])  # a label's feature never depends on the others
