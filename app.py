@@ -36,7 +36,7 @@ QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE") or 32)  # env override: tests, sma
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "clip-surgery-explorer"
 OUTPUT_TTL_S = 3600
 SESSION_TTL_S = 1800  # per-session raw maps and SAM embedding (a few MB) live this long after the last use
-SESSION_CAPACITY = 48  # sessions whose state is kept at once: ~5 MB each with vit_b (embedding + maps)
+SESSION_CAPACITY = 24  # sessions whose state is kept at once: ~5-8 MB each with vit_b (embedding, image, masks)
 
 INTRO = """# CLIP Surgery Explorer
 Why does CLIP match this image to that word? **CLIP Surgery**
