@@ -261,25 +261,28 @@ def build_demo(store: ModelStore) -> gr.Blocks:
     def rethreshold(state, threshold):
         if state is None:
             return (gr.update(),) * 7
-        return rendered(state, S.rerender(state, S.check_threshold(threshold)))
+        with state.lock:
+            return rendered(state, S.rerender(state, S.check_threshold(threshold)))
 
     @user_errors
     def change_points(state, threshold, instances, positive_only):
         if state is None:
             return (gr.update(),) * 7
-        state.point_options = PointOptions(bool(instances), bool(positive_only))
-        return rendered(state, S.rerender(state, S.check_threshold(threshold)))
+        with state.lock:
+            state.point_options = PointOptions(bool(instances), bool(positive_only))
+            return rendered(state, S.rerender(state, S.check_threshold(threshold)))
 
     @user_errors
     def choose_mask(state, threshold, label, candidate):
         """Show another of SAM's three candidates for one label: no model call."""
         if state is None or not label:
             return (gr.update(),) * 7
-        if candidate in (None, "best"):
-            state.mask_choices.pop(label, None)
-        else:
-            state.mask_choices[label] = int(candidate) - 1
-        return rendered(state, S.rerender(state, S.check_threshold(threshold)))
+        with state.lock:
+            if candidate in (None, "best"):
+                state.mask_choices.pop(label, None)
+            else:
+                state.mask_choices[label] = int(candidate) - 1
+            return rendered(state, S.rerender(state, S.check_threshold(threshold)))
 
     def shown_candidate(state, label):
         choice = None if state is None else state.mask_choices.get(label)

@@ -9,6 +9,7 @@ points changed.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -41,6 +42,9 @@ class SessionState:
     mask_choices: dict[str, int] = field(default_factory=dict)
     suggested_threshold: float | None = None
     image_name: str = "image.png"
+    # Re-render events of one session run one at a time, so the last one triggered renders last
+    # with every option it changed (they share a concurrency group across sessions).
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
 
 def check_threshold(threshold) -> float | None:
