@@ -21,6 +21,7 @@ from surgery.explain import PointOptions, apply_threshold
 from surgery.feature_surgery import REDUNDANCY_MODES
 from surgery.labels import parse_labels
 from surgery.models import PRECISIONS, ModelConfig, ModelStore
+from surgery.outputs import zip_outputs
 from surgery.preprocess import MAX_PIXELS, check_pixel_count, load_image
 from surgery.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
 from surgery.text_store import default_text_cache_dir
@@ -181,7 +182,7 @@ def _save_outputs(files: dict[str, bytes]) -> tuple[str, str]:
             pass
     folder = Path(tempfile.mkdtemp(dir=OUTPUT_DIR))
     zip_path = folder / "clip-surgery.zip"
-    zip_path.write_bytes(S.download_zip(files))
+    zip_path.write_bytes(zip_outputs(files))
     json_path = folder / "result.json"
     json_path.write_bytes(files["result.json"])
     return str(zip_path), str(json_path)

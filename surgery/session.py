@@ -22,7 +22,7 @@ from .explain import Explanation, PointOptions, apply_threshold, decode_masks, w
 from .image_encoder import MAX_RESOLUTION, MIN_RESOLUTION
 from .labels import ParsedLabels
 from .maps import otsu_threshold, resize_map
-from .outputs import mask_layers, output_files, result_json, zip_outputs
+from .outputs import mask_layers, output_files, result_json
 
 THRESHOLD_LIMIT = 10.0
 MASK_CACHE_ENTRIES = 256  # decoded masks kept per session (a few MB each at most)  # raw similarities are far inside this; larger input is a mistake
@@ -185,7 +185,3 @@ def result_and_files(state: SessionState, explanation: Explanation) -> tuple[dic
     files = output_files(state.image_rgb, explanation, result, with_masks=state.segmenter is not None,
                          coco_file_name=state.image_name if state.segmenter is not None else None)
     return result, files
-
-
-def download_zip(files: dict[str, bytes]) -> bytes:
-    return zip_outputs(files)
