@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 from segment_anything import SamPredictor
-from segment_anything.modeling.image_encoder import Attention, window_partition
+from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT, window_partition
 
 from surgery.errors import CheckpointError, InputError
 from surgery.masks import ImageEmbedding, MaskPrediction, SamSegmenter, best_mask, bf16_supported
 from surgery.sam_fast_attention import (
+    FastImageEncoderViT,
     FastSamAttention,
     install_fast_attention,
     uninstall_fast_attention,
@@ -229,10 +230,35 @@ def test_fast_attention_module_matches_stock_module(grid, window, heads):
             assert (actual - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
 
 
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_scratch_encoder_forward_is_bit_identical_to_stock_forward(autocast):
+    """FastImageEncoderViT's scratch buffers and in-place sums change no bit of the embedding.
+
+    The reference is segment_anything's own `ImageEncoderViT.forward` over the same (fast-attention)
+    blocks. It catches a sum written into a lower-precision tensor under autocast, and the neck
+    convolutions rounding differently on another memory layout (both seen while writing it).
+    """
+    if autocast and not bf16_supported("cpu"):
+        pytest.skip("no native bf16 on this CPU")  # the fp32 case still runs
+    arch = replace(MID_ARCH, encoder_depth=3, encoder_global_attn_indexes=(1,))
+    encoder = build_sam(random_sam_state_dict(arch, seed=3)).image_encoder
+    assert type(encoder) is FastImageEncoderViT
+    x = torch.randn(1, 3, arch.img_size, arch.img_size, generator=torch.Generator().manual_seed(4)) * 60
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        fast = encoder(x)
+        stock_forward = ImageEncoderViT.forward(encoder, x)
+        again = encoder(x)  # buffers are per call: a second call is unaffected by the first
+    assert fast.abs().mean() > 0.1
+    assert fast.dtype == stock_forward.dtype
+    assert torch.equal(fast, stock_forward)
+    assert torch.equal(fast, again)
+
+
 def test_uninstall_restores_stock_attention(stock_sam):
     encoder = build_sam(random_sam_state_dict(SMALL_ARCH, seed=1)).image_encoder
     assert uninstall_fast_attention(encoder) == SMALL_ARCH.encoder_depth
     assert all(type(b.attn) is Attention for b in encoder.blocks)
+    assert type(encoder) is ImageEncoderViT
     x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         assert torch.equal(encoder(x), stock_sam.image_encoder(x))
