@@ -142,12 +142,7 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def png_bytes(image_rgb: np.ndarray) -> bytes:
-    import cv2
-
-    ok, encoded = cv2.imencode(".png", image_rgb[:, :, ::-1])
-    if not ok:  # pragma: no cover - cv2 encodes any uint8 RGB
-        raise RuntimeError("PNG encoding failed")
-    return encoded.tobytes()
+    return render.encode_png(image_rgb)
 
 
 def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, with_masks: bool,
@@ -172,8 +167,13 @@ def write_outputs(directory: Path, files: dict[str, bytes]) -> None:
 
 
 def zip_outputs(files: dict[str, bytes]) -> bytes:
+    """The files as one zip: PNGs (and the already compressed npz) stored, text deflated.
+
+    Deflating PNG data again gains nothing and cost ~0.15 s per Run.
+    """
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(buffer, "w") as archive:
         for name, payload in files.items():
-            archive.writestr(name, payload)
+            packed = name.endswith((".png", ".npz"))
+            archive.writestr(name, payload, compress_type=zipfile.ZIP_STORED if packed else zipfile.ZIP_DEFLATED)
     return buffer.getvalue()
