@@ -172,8 +172,9 @@ def image_array(image):
     return load_image(image)
 
 
-def _save_outputs(files: dict[str, bytes]) -> tuple[str, str]:
-    """Write the zip and result.json where Gradio can serve them; old files are swept."""
+def _save_outputs(files: dict[str, bytes], downloads: bool = True) -> tuple[dict[str, str], str | None, str | None]:
+    """Write the PNGs (name -> path), and with `downloads` the zip and result.json, where Gradio can
+    serve them; old files are swept."""
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     now = time.time()
     for old in OUTPUT_DIR.glob("*"):
@@ -188,11 +189,19 @@ def _save_outputs(files: dict[str, bytes]) -> tuple[str, str]:
         except OSError:
             pass
     folder = Path(tempfile.mkdtemp(dir=OUTPUT_DIR))
+    images = {}
+    for name, payload in files.items():
+        if name.endswith(".png"):
+            path = folder / name
+            path.write_bytes(payload)
+            images[name] = str(path)
+    if not downloads:
+        return images, None, None
     zip_path = folder / "clip-surgery.zip"
     zip_path.write_bytes(zip_outputs(files))
     json_path = folder / "result.json"
     json_path.write_bytes(files["result.json"])
-    return str(zip_path), str(json_path)
+    return images, str(zip_path), str(json_path)
 
 
 def slider_update(state: S.SessionState):
@@ -209,12 +218,11 @@ def image_file_name(image) -> str:
 def rendered(state: S.SessionState, explanation, sam_pending: bool = False) -> tuple:
     """The seven result outputs (heatmaps, points, masks, histograms, summary, zip, result.json)."""
     masks = S.annotated_masks(state, explanation) if state.segmenter is not None and not sam_pending else None
-    files = (None, None)
-    if not sam_pending:
-        files = _save_outputs(S.result_and_files(state, explanation)[1])
-    return (S.heatmap_gallery(state, explanation), S.points_gallery(state, explanation), masks,
+    images, zip_path, json_path = _save_outputs(S.page_files(state, explanation, sam_pending),
+                                                downloads=not sam_pending)
+    return (S.heatmap_gallery(explanation, images), S.points_gallery(explanation, images), masks,
             S.histogram_gallery(state, explanation), S.summary_markdown(state, explanation, sam_pending),
-            *files)
+            zip_path, json_path)
 
 
 def build_demo(store: ModelStore) -> gr.Blocks:

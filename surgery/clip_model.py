@@ -91,13 +91,22 @@ def build_clip(state_dict: dict[str, torch.Tensor]) -> CLIP:
         context_length=arch.context_length, vocab_size=arch.vocab_size,
         width=arch.text_width, heads=arch.text_heads, layers=arch.text_layers,
     )
-    model = CLIP(arch.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=True, cast_dtype=None)
+    # Shapes only, then the checkpoint's own tensors are adopted (assign=True): no random
+    # initialisation of ~150M parameters that would be overwritten, and no second copy of the
+    # weights while loading (600 MB for ViT-B/16).
+    with torch.device("meta"):
+        model = CLIP(arch.embed_dim, vision_cfg=vision_cfg, text_cfg=text_cfg, quick_gelu=True, cast_dtype=None)
     weights = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
     try:
-        model.load_state_dict(weights, strict=True)
+        model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0][:200]
         raise CheckpointError(f"The CLIP checkpoint does not match the architecture its shapes imply: {first}") from None
+    # The one tensor not in a state dict: the text tower's causal mask (open_clip's build_causal_mask).
+    model.attn_mask = torch.full((arch.context_length, arch.context_length), float("-inf")).triu_(1)
+    left_on_meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left_on_meta:
+        raise CheckpointError(f"The CLIP checkpoint lacks {', '.join(left_on_meta[:3])}.")
     model = model.float().eval()
     model.requires_grad_(False)
     return model

@@ -155,9 +155,13 @@ def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, 
     if coco_file_name is not None:
         document = coco.coco_document(explanation, coco_file_name)
         files["coco.json"] = json.dumps(document, ensure_ascii=False).encode("utf-8")
-    for name, image in overlay_images(image_rgb, explanation, with_masks).items():
-        files[name] = png_bytes(image)
+    files.update(overlay_pngs(image_rgb, explanation, with_masks))
     return files
+
+
+def overlay_pngs(image_rgb: np.ndarray, explanation: Explanation, with_masks: bool) -> dict[str, bytes]:
+    """`overlay_images`, PNG-encoded: what the page shows and the zip holds are the same files."""
+    return {name: png_bytes(image) for name, image in overlay_images(image_rgb, explanation, with_masks).items()}
 
 
 def write_outputs(directory: Path, files: dict[str, bytes]) -> None:

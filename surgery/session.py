@@ -22,7 +22,7 @@ from .explain import Explanation, PointOptions, apply_threshold, decode_masks, w
 from .image_encoder import MAX_RESOLUTION, MIN_RESOLUTION
 from .labels import ParsedLabels
 from .maps import otsu_threshold, resize_map
-from .outputs import mask_layers, output_files, result_json
+from .outputs import mask_layers, output_files, overlay_pngs, result_json
 
 THRESHOLD_LIMIT = 10.0
 MASK_CACHE_ENTRIES = 256  # decoded masks kept per session (a few MB each at most)  # raw similarities are far inside this; larger input is a mistake
@@ -110,25 +110,35 @@ def suggest_threshold(state: SessionState) -> float | None:
 
 # --- what the page shows ---------------------------------------------------------
 
-def heatmap_gallery(state: SessionState, explanation: Explanation) -> list[tuple[np.ndarray, str]]:
-    height, width = state.image_rgb.shape[:2]
+def page_files(state: SessionState, explanation: Explanation, sam_pending: bool = False) -> dict[str, bytes]:
+    """The files one render of the page needs: the overlay PNGs the galleries show (`outputs`' names)
+    and, once SAM is done or off, every download file. Each image is drawn and encoded once, for
+    both the page and the zip."""
+    if sam_pending:
+        return overlay_pngs(state.image_rgb, explanation, with_masks=False)
+    return result_and_files(state, explanation)[1]
+
+
+def heatmap_gallery(explanation: Explanation, image_files: dict[str, str]) -> list[tuple[str, str]]:
+    """(file, caption) pairs: CLIP and CLIP Surgery overlay per label; `image_files` maps the
+    `page_files` names to where they were written."""
     items = []
     for view in explanation.labels:
-        items.append((render.heat_overlay(state.image_rgb, resize_map(view.clip_display, height, width)),
-                      f"CLIP · {view.text}"))
+        slug = render.label_slug(view.text)
+        items.append((image_files[f"clip_{slug}.png"], f"CLIP · {view.text}"))
         caption = f"CLIP Surgery · {view.text}" + ("" if view.found else " (not found)")
-        items.append((render.heat_overlay(state.image_rgb, resize_map(view.surgery_display, height, width)), caption))
+        items.append((image_files[f"surgery_{slug}.png"], caption))
     return items
 
 
-def points_gallery(state: SessionState, explanation: Explanation) -> list[tuple[np.ndarray, str]]:
+def points_gallery(explanation: Explanation, image_files: dict[str, str]) -> list[tuple[str, str]]:
     items = []
     for view in explanation.labels:
         positives = int((view.points[:, 2] == 1).sum())
         negatives = len(view.points) - positives
         caption = (f"{view.text}: {positives} positive, {negatives} negative" if view.found
                    else f"{view.text}: not found")
-        items.append((render.draw_points(state.image_rgb, view.points), caption))
+        items.append((image_files[f"points_{render.label_slug(view.text)}.png"], caption))
     return items
 
 

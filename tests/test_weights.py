@@ -94,6 +94,30 @@ def test_float32_checkpoint_is_not_rounded_to_fp16(tmp_path):
     torch.testing.assert_close(model.visual.proj, state["visual.proj"], atol=0, rtol=0)
 
 
+def test_meta_built_clip_equals_open_clips_own_builder():
+    """build_clip builds on the meta device and adopts the checkpoint's tensors; open_clip's own
+    builder (ordinary construction, then a copy into its parameters) must give the same network."""
+    from open_clip.model import build_model_from_openai_state_dict
+    from open_clip.tokenizer import tokenize
+
+    # open_clip's builder rounds weights to fp16; fp16-representable weights make that exact.
+    state = {k: (v.half().float() if v.is_floating_point() else v) for k, v in load_state_dict(TINY_CLIP).items()}
+    ours = build_clip(dict(state))
+    reference = build_model_from_openai_state_dict(dict(state), cast_dtype=None).float().eval()
+    reference.requires_grad_(False)  # as build_clip: MultiheadAttention's fused path needs it, and rounds differently
+    assert torch.equal(ours.attn_mask, reference.attn_mask)
+    reference_state = reference.state_dict()
+    assert ours.state_dict().keys() == reference_state.keys()
+    assert all(torch.equal(tensor, reference_state[name]) for name, tensor in ours.state_dict().items())
+    assert not any(t.is_meta for t in [*ours.parameters(), *ours.buffers()])
+    image_size = ours.visual.image_size[0] if isinstance(ours.visual.image_size, tuple) else ours.visual.image_size
+    image = torch.randn(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    text = tokenize(["a photo of a rocket", "smoke"])
+    with torch.inference_mode():
+        assert torch.equal(ours.encode_image(image), reference.encode_image(image))
+        assert torch.equal(ours.encode_text(text), reference.encode_text(text))
+
+
 def test_pickled_code_is_refused(tmp_path):
     class Payload:
         def __reduce__(self):
