@@ -22,6 +22,7 @@ from surgery.errors import UserError
 from surgery.explain import PointOptions, apply_threshold
 from surgery.feature_surgery import REDUNDANCY_MODES
 from surgery.labels import parse_labels
+from surgery.memory import release_freed_memory
 from surgery.models import PRECISIONS, ModelConfig, ModelStore
 from surgery.outputs import zip_outputs
 from surgery.preprocess import MAX_PIXELS, check_pixel_count, load_image
@@ -241,6 +242,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
         segmenter = store.sam(sam_choice, precision)
         if segmenter is not None:
             segmenter.embed(rgb)
+        release_freed_memory()  # the encoders' activations, so they do not stack under the next peak
 
     @user_errors
     def run(image, labels_text, threshold, backbone, resolution, redundancy, sam_choice, precision,
@@ -272,6 +274,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
             progress(0.9, desc="SAM masks…")
         explanation = S.masks_for(state, first)
         yield (*rendered(state, explanation), state, slider_update(state), pick)
+        release_freed_memory()  # after the last yield: the page already has everything
 
     @user_errors
     def rethreshold(state, threshold):

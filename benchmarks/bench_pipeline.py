@@ -411,7 +411,9 @@ def product_worker(args, plan: dict, clip_path: Path, sam_path: Path, tmp: Path)
 
     stages.wrap(engine, "encode_image_tokens", "clip_image")
     stages.wrap(engine, "clip_input", "clip_preprocess")
-    stages.wrap(engine, "prompt_ensemble", "text_encoder")
+    from surgery.prompt_prefix import PrefixEncoder
+
+    stages.wrap(PrefixEncoder, "ensemble", "text_encoder")
     stages.wrap(engine, "image_key", "clip_hash")
     stages.wrap(masks, "image_key" if hasattr(masks, "image_key") else "image_digest", "sam_hash")
     stages.wrap(ClipExplainer, "compute_maps", "compute_maps_total")

@@ -20,6 +20,7 @@ from .explain import PointOptions, explain_image
 from .feature_surgery import REDUNDANCY_MODES
 from .image_encoder import check_resolution
 from .labels import parse_labels
+from .memory import release_freed_memory
 from .outputs import output_files, result_json, write_outputs
 from .preprocess import load_image
 from .registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
@@ -126,6 +127,7 @@ def run_explain(args: argparse.Namespace) -> int:
         files = output_files(image, explanation, result, with_masks=segmenter is not None,
                              coco_file_name=path.name if args.format == "coco" else None)
         write_outputs(args.out / _unique_stem(path, used), files)
+        release_freed_memory()  # each image's encoder buffers, before the next image's
     return 2 if failures else 0
 
 

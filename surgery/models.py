@@ -22,6 +22,7 @@ from .engine import ClipExplainer
 from .errors import InputError, UserError
 from .loading import load_clip_explainer, load_sam_segmenter
 from .masks import PRECISIONS
+from .memory import release_freed_memory
 from .openclip_models import parse_openclip_name
 from .registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, OPENCLIP_SUGGESTED, SAM_CHECKPOINTS, default_sam_model
 
@@ -71,6 +72,7 @@ class ModelStore:
         future = self._futures.get(("clip", self.config.clip_model))
         if future is not None and future.done() and future.exception() is None:
             future.result().warm_vocabulary()
+        release_freed_memory()  # what loading and the vocabulary batches freed
         text, ready = self.status()
         log.info("default models %s", "loaded and ready" if ready else "not all available:\n" + text)
 
