@@ -36,7 +36,7 @@ def test_upload_run_and_threshold_in_browser(browser, tmp_path):
         page.goto(server.url)
         expect(page.locator("#model-status")).to_contain_text("ready", timeout=60_000)
 
-        page.locator("input[type=file]").first.set_input_files(str(ROOT / "assets" / "rocket.jpg"))
+        _upload(page, ROOT / "assets" / "rocket.jpg")
         page.get_by_label("Labels").fill(LABELS)
         page.get_by_role("button", name="Run", exact=True).click()
 
@@ -71,6 +71,13 @@ def test_upload_run_and_threshold_in_browser(browser, tmp_path):
     shutil.copyfile(ARTIFACTS / "app.png", ARTIFACTS / "screenshot.png")
 
 
+def _upload(page, image: Path) -> None:
+    """Choose the file and wait until the page shows it: the upload is asynchronous, and a Run
+    pressed before it lands sends no image (one cause of this test failing now and then)."""
+    page.locator("input[type=file]").first.set_input_files(str(image))
+    expect(page.locator("#image img").first).to_be_visible(timeout=30_000)
+
+
 def _pick_dropdown(page, elem_id: str, option: str) -> None:
     page.locator(f"#{elem_id} input").click()
     page.get_by_role("option", name=option, exact=True).click()
@@ -82,7 +89,7 @@ def test_backbone_choice_suggested_threshold_and_instances(browser, tmp_path):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(server.url)
         expect(page.locator("#model-status")).to_contain_text("ready", timeout=60_000)
-        page.locator("input[type=file]").first.set_input_files(str(ROOT / "assets" / "chelsea.jpg"))
+        _upload(page, ROOT / "assets" / "chelsea.jpg")
         page.get_by_label("Labels").fill("cat, grass")
         page.get_by_text("Advanced").click()
         _pick_dropdown(page, "backbone", "RN50")
