@@ -135,7 +135,7 @@ def test_label_embeddings_survive_a_restart_through_the_disk_cache(tmp_path, roc
     assert other.shape == (1, features.shape[1])
 
 
-def test_bf16_maps_agree_with_fp32_and_are_cached_apart(explainer, rocket):
+def test_bf16_maps_agree_with_fp32_and_are_cached_apart(explainer, rocket, caplog):
     from surgery.masks import bf16_supported
 
     labels = parse_labels("rocket, smoke").labels
@@ -144,7 +144,11 @@ def test_bf16_maps_agree_with_fp32_and_are_cached_apart(explainer, rocket):
         with pytest.raises(InputError, match="bf16 is not supported"):
             explainer.compute_maps(rocket, labels, MapOptions(224, "labels", precision="bf16"))
         return
-    bf16 = explainer.compute_maps(rocket, labels, MapOptions(224, "labels", precision="bf16"))
+    with caplog.at_level("INFO", logger="surgery.calls"):
+        bf16 = explainer.compute_maps(rocket, labels, MapOptions(224, "labels", precision="bf16"))
+    calls = [r.getMessage() for r in caplog.records if r.name == "surgery.calls"]
+    assert any("image encoder" in c for c in calls), calls  # the image tokens are bf16's own
+    assert not any("text encoder" in c for c in calls), calls  # text features are float32, shared
     for a, b in zip(fp32.labels, bf16.labels):
         assert a.surgery_map.dtype == b.surgery_map.dtype == np.float32
         assert not np.array_equal(a.surgery_map, b.surgery_map)  # really ran in bf16, not a cache hit
