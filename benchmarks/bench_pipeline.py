@@ -310,7 +310,6 @@ def wrap_shared(stages: Stages, app_module) -> None:
 
     for name in ("heat_overlay", "draw_points", "histogram_image", "draw_mask", "draw_masks_legend"):
         stages.wrap(render, name, "render")
-    stages.wrap(session, "resize_map", "render")
     stages.wrap(outputs, "resize_map", "render")
     stages.wrap(session, "apply_threshold", "threshold_points")
     stages.wrap(app_module, "apply_threshold", "threshold_points")

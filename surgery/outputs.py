@@ -6,11 +6,14 @@ both give byte-for-byte the same schema.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
 import re
 import zipfile
 from pathlib import Path
+from typing import Callable, Hashable
 
 import numpy as np
 
@@ -90,29 +93,83 @@ def maps_arrays(explanation: Explanation, with_masks: bool) -> dict[str, np.ndar
     return arrays
 
 
-def overlay_images(image_rgb: np.ndarray, explanation: Explanation, with_masks: bool) -> dict[str, np.ndarray]:
-    """File name -> RGB image, for every PNG the CLI writes."""
+Drawing = tuple[str, Hashable, Callable[[], np.ndarray]]
+
+
+def _digest(array: np.ndarray) -> tuple:
+    """A short content key for an array (shape, dtype and bytes)."""
+    array = np.ascontiguousarray(array)
+    return array.shape, array.dtype.str, hashlib.blake2b(array.data, digest_size=16).digest()
+
+
+def overlay_drawings(image_rgb: np.ndarray, explanation: Explanation, with_masks: bool) -> list[Drawing]:
+    """(file name, key, draw) for every overlay PNG: `draw()` makes the RGB image, and `key` names
+    everything it depends on besides `image_rgb`, so equal keys on one image draw equal pictures."""
     height, width = image_rgb.shape[:2]
-    images: dict[str, np.ndarray] = {}
+    drawings: list[Drawing] = []
+
+    def heat(display: np.ndarray) -> Drawing:
+        return ("heat", _digest(display)), lambda: render.heat_overlay(image_rgb, resize_map(display, height, width))
+
     for view in explanation.labels:
         slug = render.label_slug(view.text)
-        images[f"clip_{slug}.png"] = render.heat_overlay(image_rgb, resize_map(view.clip_display, height, width))
-        images[f"surgery_{slug}.png"] = render.heat_overlay(
-            image_rgb, resize_map(view.surgery_display, height, width))
-        images[f"points_{slug}.png"] = render.draw_points(image_rgb, view.points)
+        drawings.append((f"clip_{slug}.png", *heat(view.clip_display)))
+        drawings.append((f"surgery_{slug}.png", *heat(view.surgery_display)))
+        drawings.append((f"points_{slug}.png", ("points", _digest(view.points)),
+                         functools.partial(render.draw_points, image_rgb, view.points)))
     if with_masks:
         colours = render.palette(len(explanation.labels))
         for view, colour in zip(explanation.labels, colours):
             if view.chosen_mask is not None:
                 slug = render.label_slug(view.text)
-                images[f"sam_{slug}.png"] = render.draw_mask(image_rgb, view.chosen_mask, view.points, colour)
-                images[f"mask_{slug}.png"] = binary_mask_image(view.chosen_mask)
+                mask_key = _digest(view.chosen_mask)
+                drawings.append((f"sam_{slug}.png", ("sam", mask_key, _digest(view.points), colour),
+                                 functools.partial(render.draw_mask, image_rgb, view.chosen_mask, view.points, colour)))
+                drawings.append((f"mask_{slug}.png", ("mask", mask_key),
+                                 functools.partial(binary_mask_image, view.chosen_mask)))
                 for number, inst in enumerate(view.instances, start=1):
                     if inst.mask is not None:
-                        images[f"mask_{slug}_{number}.png"] = binary_mask_image(inst.mask.mask)
+                        drawings.append((f"mask_{slug}_{number}.png", ("mask", _digest(inst.mask.mask)),
+                                         functools.partial(binary_mask_image, inst.mask.mask)))
         names, masks = mask_layers(explanation)
-        images["masks.png"] = render.draw_masks_legend(image_rgb, masks, names)
-    return images
+        legend_key = ("legend", tuple(names), tuple(None if m is None else _digest(m) for m in masks))
+        drawings.append(("masks.png", legend_key, functools.partial(render.draw_masks_legend, image_rgb, masks, names)))
+    return drawings
+
+
+def overlay_images(image_rgb: np.ndarray, explanation: Explanation, with_masks: bool) -> dict[str, np.ndarray]:
+    """File name -> RGB image, for every PNG the CLI writes."""
+    return {name: draw() for name, _, draw in overlay_drawings(image_rgb, explanation, with_masks)}
+
+
+class PngMemo:
+    """PNG bytes of one image's overlays, kept from one render to the next.
+
+    A render asks `png(key, draw)` for each overlay; what the previous render already
+    encoded under the same key is reused (the heatmaps and points when only SAM's masks
+    arrived, everything a threshold move left as it was). `next_render` drops what the
+    render just finished did not use. Stores at most `max_bytes` per render.
+    """
+
+    def __init__(self, max_bytes: int = 32 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._previous: dict[Hashable, bytes] = {}
+        self._current: dict[Hashable, bytes] = {}
+        self._current_bytes = 0
+        self.encoded = 0  # PNGs actually drawn and encoded (tests)
+
+    def png(self, key: Hashable, draw: Callable[[], np.ndarray]) -> bytes:
+        data = self._current.get(key) or self._previous.get(key)
+        if data is None:
+            data = png_bytes(draw())
+            self.encoded += 1
+        if key not in self._current and self._current_bytes + len(data) <= self.max_bytes:
+            self._current[key] = data
+            self._current_bytes += len(data)
+        return data
+
+    def next_render(self) -> None:
+        self._previous, self._current, self._current_bytes = self._current, {}, 0
 
 
 def mask_layers(explanation: Explanation) -> tuple[list[str], list[np.ndarray | None]]:
@@ -146,7 +203,7 @@ def png_bytes(image_rgb: np.ndarray) -> bytes:
 
 
 def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, with_masks: bool,
-                 coco_file_name: str | None = None) -> dict[str, bytes]:
+                 coco_file_name: str | None = None, memo: PngMemo | None = None) -> dict[str, bytes]:
     """Every output file's name and bytes; `coco_file_name` adds coco.json for that image file."""
     files = {
         "result.json": format_result_json(result),
@@ -155,13 +212,18 @@ def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, 
     if coco_file_name is not None:
         document = coco.coco_document(explanation, coco_file_name)
         files["coco.json"] = json.dumps(document, ensure_ascii=False).encode("utf-8")
-    files.update(overlay_pngs(image_rgb, explanation, with_masks))
+    files.update(overlay_pngs(image_rgb, explanation, with_masks, memo))
     return files
 
 
-def overlay_pngs(image_rgb: np.ndarray, explanation: Explanation, with_masks: bool) -> dict[str, bytes]:
-    """`overlay_images`, PNG-encoded: what the page shows and the zip holds are the same files."""
-    return {name: png_bytes(image) for name, image in overlay_images(image_rgb, explanation, with_masks).items()}
+def overlay_pngs(image_rgb: np.ndarray, explanation: Explanation, with_masks: bool,
+                 memo: PngMemo | None = None) -> dict[str, bytes]:
+    """`overlay_images`, PNG-encoded (through `memo` when given): what the page shows and the zip
+    holds are the same files."""
+    drawings = overlay_drawings(image_rgb, explanation, with_masks)
+    if memo is None:
+        return {name: png_bytes(draw()) for name, _, draw in drawings}
+    return {name: memo.png(key, draw) for name, key, draw in drawings}
 
 
 def write_outputs(directory: Path, files: dict[str, bytes]) -> None:

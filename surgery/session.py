@@ -21,8 +21,8 @@ from .errors import InputError
 from .explain import Explanation, PointOptions, apply_threshold, decode_masks, with_choices
 from .image_encoder import MAX_RESOLUTION, MIN_RESOLUTION
 from .labels import ParsedLabels
-from .maps import otsu_threshold, resize_map
-from .outputs import mask_layers, output_files, overlay_pngs, result_json
+from .maps import otsu_threshold
+from .outputs import PngMemo, mask_layers, output_files, overlay_pngs, result_json
 
 THRESHOLD_LIMIT = 10.0
 MASK_CACHE_ENTRIES = 256  # decoded masks kept per session (a few MB each at most)  # raw similarities are far inside this; larger input is a mistake
@@ -42,6 +42,7 @@ class SessionState:
     mask_choices: dict[str, int] = field(default_factory=dict)
     suggested_threshold: float | None = None
     image_name: str = "image.png"
+    png_memo: PngMemo = field(default_factory=PngMemo, repr=False, compare=False)
     # Re-render events of one session run one at a time, so the last one triggered renders last
     # with every option it changed (they share a concurrency group across sessions).
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -115,8 +116,11 @@ def page_files(state: SessionState, explanation: Explanation, sam_pending: bool 
     and, once SAM is done or off, every download file. Each image is drawn and encoded once, for
     both the page and the zip."""
     if sam_pending:
-        return overlay_pngs(state.image_rgb, explanation, with_masks=False)
-    return result_and_files(state, explanation)[1]
+        files = overlay_pngs(state.image_rgb, explanation, with_masks=False, memo=state.png_memo)
+    else:
+        files = result_and_files(state, explanation)[1]
+    state.png_memo.next_render()
+    return files
 
 
 def heatmap_gallery(explanation: Explanation, image_files: dict[str, str]) -> list[tuple[str, str]]:
@@ -193,5 +197,6 @@ def summary_markdown(state: SessionState, explanation: Explanation, sam_pending:
 def result_and_files(state: SessionState, explanation: Explanation) -> tuple[dict, dict[str, bytes]]:
     result = result_json(explanation, model=state.model_name, sam_model=state.sam_name, notes=state.notes)
     files = output_files(state.image_rgb, explanation, result, with_masks=state.segmenter is not None,
-                         coco_file_name=state.image_name if state.segmenter is not None else None)
+                         coco_file_name=state.image_name if state.segmenter is not None else None,
+                         memo=state.png_memo)
     return result, files

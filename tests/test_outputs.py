@@ -1,0 +1,71 @@
+"""Overlay files: one drawing per input, shared by the page and the zip, reused between renders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import DATA
+from surgery.engine import MapOptions
+from surgery.labels import parse_labels
+from surgery.outputs import PngMemo, overlay_images, overlay_pngs, png_bytes
+
+
+@pytest.fixture(scope="module")
+def session(explainer, rocket):
+    from surgery.masks import SamSegmenter
+    from surgery.sam_model import load_sam
+    from surgery.session import SessionState
+
+    segmenter = SamSegmenter(load_sam(DATA / "sam_tiny.safetensors"))
+    maps = explainer.compute_maps(rocket, parse_labels("rocket, smoke").labels, MapOptions(224, "labels"))
+    return SessionState(rocket, maps, "tiny", "sam", segmenter, segmenter.embed(rocket), ())
+
+
+def test_memo_gives_the_same_files_as_encoding_each_image(session):
+    from surgery.session import rerender
+
+    explanation = rerender(session, None)
+    plain = {name: png_bytes(image) for name, image in overlay_images(session.image_rgb, explanation, True).items()}
+    memo = PngMemo()
+    assert overlay_pngs(session.image_rgb, explanation, True, memo) == plain
+    assert memo.encoded == len(plain)
+    assert {"clip_rocket.png", "surgery_smoke.png", "points_rocket.png", "sam_rocket.png", "masks.png"} <= set(plain)
+
+
+def test_a_render_reuses_what_the_previous_render_drew_and_nothing_stale(session):
+    from surgery.session import page_files, rerender
+
+    memo = session.png_memo = PngMemo()
+    before_sam = page_files(session, rerender(session, None), sam_pending=True)
+    drawn = memo.encoded
+    assert drawn == 6  # clip, surgery and points overlays of two labels
+    with_sam = page_files(session, rerender(session, None))
+    masks_only = [n for n in with_sam if n.endswith(".png") and not n.startswith(("clip_", "surgery_", "points_"))]
+    assert memo.encoded == drawn + len(masks_only)  # the six overlays of the first yield were not drawn again
+    assert all(with_sam[name] == before_sam[name] for name in before_sam)
+
+    # A threshold that leaves 'rocket' found but moves its points: its heatmaps change, so they
+    # are drawn again; a label it hides entirely gets new (empty-points) overlays too.
+    top = max(float(lm.surgery_parts.max()) for lm in session.maps.labels)
+    encoded = memo.encoded
+    hidden = page_files(session, rerender(session, top + 1.0))
+    assert not any(view.found for view in rerender(session, top + 1.0).labels)
+    assert memo.encoded > encoded
+    assert hidden["clip_rocket.png"] == with_sam["clip_rocket.png"]  # the plain CLIP map ignores the threshold
+    assert hidden["points_rocket.png"] != with_sam["points_rocket.png"]
+    # Back to no threshold: the overlays of two renders ago were dropped, so they are drawn again,
+    # and they come out identical.
+    encoded = memo.encoded
+    again = page_files(session, rerender(session, None))
+    assert memo.encoded > encoded
+    assert again["surgery_rocket.png"] == with_sam["surgery_rocket.png"]
+
+
+def test_memo_stores_no_more_than_its_budget():
+    memo = PngMemo(max_bytes=1)
+    image = np.zeros((8, 8, 3), dtype=np.uint8)
+    memo.png("a", lambda: image)
+    memo.next_render()
+    memo.png("a", lambda: image)
+    assert memo.encoded == 2  # too big to keep, so drawn again
