@@ -25,7 +25,7 @@ from surgery.labels import parse_labels
 from surgery.memory import release_freed_memory
 from surgery.models import PRECISIONS, ModelConfig, ModelStore
 from surgery.outputs import zip_outputs
-from surgery.preprocess import MAX_PIXELS, check_pixel_count, load_image
+from surgery.preprocess import MAX_PIXELS, check_pixel_count, fit_long_side, load_image
 from surgery.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
 from surgery.text_store import default_text_cache_dir
 
@@ -167,10 +167,11 @@ class ThresholdSlider(gr.Slider):
         return payload
 
 
-def image_array(image):
+def image_array(image) -> tuple:
+    """(RGB array to work on, note or None): decoded, and scaled down when larger than WORK_MAX_SIDE."""
     if image is None:
         raise UserError("Upload an image first (or pick an example below).")
-    return load_image(image)
+    return fit_long_side(load_image(image))
 
 
 def _save_outputs(files: dict[str, bytes], downloads: bool = True) -> tuple[dict[str, str], str | None, str | None]:
@@ -235,7 +236,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
         """On upload: run both image encoders now, so Run pays only for text and decoding."""
         if image is None:
             return
-        rgb = image_array(image)
+        rgb, _ = image_array(image)
         explainer = store.clip(backbone)
         size, _ = S.check_resolution_choice(resolution, explainer.patch_size)
         explainer.image_tokens(rgb, size, precision=precision)
@@ -247,7 +248,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
     @user_errors
     def run(image, labels_text, threshold, backbone, resolution, redundancy, sam_choice, precision,
             instances=False, positive_only=False, progress=gr.Progress()):
-        rgb = image_array(image)
+        rgb, scaled_note = image_array(image)
         parsed = parse_labels(labels_text)
         threshold_value = S.check_threshold(threshold)
         if redundancy not in REDUNDANCY_MODES:
@@ -261,7 +262,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
         segmenter = store.sam(sam_choice, precision, progress=progress_callback(progress))
         state = S.SessionState(
             rgb, maps, explainer.name, store.sam_display_name(sam_choice) if segmenter else None, segmenter,
-            None, tuple(parsed.notes) + ((note,) if note else ()),
+            None, tuple(parsed.notes) + tuple(n for n in (scaled_note, note) if n),
             point_options=PointOptions(bool(instances), bool(positive_only)), image_name=image_file_name(image))
         first = apply_threshold(maps, threshold_value, state.point_options)
         pick = gr.update(choices=[label.text for label in parsed.labels], value=None)

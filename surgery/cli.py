@@ -22,7 +22,7 @@ from .image_encoder import check_resolution
 from .labels import parse_labels
 from .memory import release_freed_memory
 from .outputs import output_files, result_json, write_outputs
-from .preprocess import load_image
+from .preprocess import WORK_MAX_SIDE, fit_long_side, load_image
 from .registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -37,6 +37,13 @@ def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError("must be a finite number")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 (no limit) or a positive number of pixels")
     return value
 
 
@@ -62,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--instances", action="store_true",
                          help="split each label's strong region into connected instances, one mask each")
     explain.add_argument("--positive-only", action="store_true", help="send SAM positive points only")
+    explain.add_argument("--max-side", type=_non_negative, default=WORK_MAX_SIDE, metavar="PX",
+                         help=f"scale larger images down to this longest side first, as the app does "
+                              f"(default {WORK_MAX_SIDE}; 0 keeps the original size)")
     explain.add_argument("--format", choices=("files", "coco"), default="files",
                          help="'coco' also writes coco.json (RLE masks, one category per label)")
     explain.add_argument("--out", type=Path, default=Path("out"), help="output folder (default ./out)")
@@ -116,14 +126,15 @@ def run_explain(args: argparse.Namespace) -> int:
     used: set[str] = set()
     for path in tqdm(images, desc="explaining", unit="image", disable=len(images) < 2):
         try:
-            image = load_image(path, name=path.name)
+            image, scaled_note = fit_long_side(load_image(path, name=path.name), args.max_side)
             explanation = explain_image(explainer, segmenter, image, parsed.labels, options, args.threshold,
                                         PointOptions(args.instances, args.positive_only))
         except InputError as exc:
             failures += 1
             tqdm.write(f"error: {exc}", file=sys.stderr)
             continue
-        result = result_json(explanation, model=explainer.name, sam_model=sam_name, notes=parsed.notes)
+        notes = tuple(parsed.notes) + ((scaled_note,) if scaled_note else ())
+        result = result_json(explanation, model=explainer.name, sam_model=sam_name, notes=notes)
         files = output_files(image, explanation, result, with_masks=segmenter is not None,
                              coco_file_name=path.name if args.format == "coco" else None)
         write_outputs(args.out / _unique_stem(path, used), files)

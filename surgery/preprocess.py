@@ -11,6 +11,7 @@ import io
 import os
 import warnings
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -21,6 +22,11 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_PIXELS = 40_000_000  # 40 MP: beyond this a 2-core Space would spend seconds just decoding
 MIN_SIDE = 8
+# Longest side images are worked on at (app and CLI default). SAM encodes at most 1024 px on the
+# long side and its masks are 256×256 logits scaled up; CLIP reads at most 1024 px: more pixels add
+# nothing to maps, points or masks, but every overlay, mask and PNG grows with them (a 16 MP photo:
+# 35 s per Run and 4 GB, against 1.5 s at 1024 px on a 2-core CPU).
+WORK_MAX_SIDE = 1024
 
 
 def _open_checked(source: str | os.PathLike | bytes | Image.Image, name: str) -> Image.Image:
@@ -90,6 +96,20 @@ def load_image(source: str | os.PathLike | bytes | Image.Image, name: str = "The
         raise InputError(f"{name} is truncated or corrupt. Re-export or re-download it and try again.") from None
     check_pixel_count(rgb.shape[1], rgb.shape[0], name=name)
     return rgb
+
+
+def fit_long_side(image_rgb: np.ndarray, max_side: int = WORK_MAX_SIDE) -> tuple[np.ndarray, str | None]:
+    """The image scaled (area averaging) so its longer side is at most `max_side` (0: no limit),
+    and a note saying so, or the image itself and None when it already fits."""
+    height, width = image_rgb.shape[:2]
+    if max_side <= 0 or max(height, width) <= max_side:
+        return image_rgb, None
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    scaled = cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
+    note = (f"The image ({width}×{height}) was scaled to {size[0]}×{size[1]} to work on: SAM and CLIP never "
+            f"see more than {WORK_MAX_SIDE} px; points, masks and overlays are in these pixels.")
+    return np.ascontiguousarray(scaled), note
 
 
 def clip_input(image_rgb: np.ndarray, resolution: int, mean: tuple[float, ...] = CLIP_MEAN,

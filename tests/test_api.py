@@ -46,6 +46,23 @@ def test_api_result_equals_cli_result(app, tmp_path):
     assert (api_result["width"], api_result["height"]) == (451, 300)
 
 
+def test_large_upload_is_worked_on_at_1024_px_as_the_cli_does(app, tmp_path):
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.open(IMAGE).convert("RGB").resize((1804, 1200), Image.BICUBIC).save(big)
+    client = Client(app.url, verbose=False)
+    outputs = client.predict(handle_file(str(big)), "cat", api_name="/explain")
+    api_result = json.loads(open(result_path(outputs), encoding="utf-8").read())
+    assert (api_result["width"], api_result["height"]) == (1024, 681)
+    assert any("1804×1200" in note for note in api_result["notes"]), api_result["notes"]
+    out = tmp_path / "cli"
+    subprocess.run([sys.executable, "-m", "surgery", "explain", str(big), "--labels", "cat",
+                    "--clip-checkpoint", str(TINY_CLIP), "--sam-checkpoint", str(TINY_SAM), "--out", str(out)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    assert api_result == json.loads((out / "big" / "result.json").read_text(encoding="utf-8"))
+
+
 def test_api_threshold_and_advanced_options(app):
     outputs = explain(app, threshold=1.0, resolution=224, redundancy="empty", sam_choice="off")
     result = json.loads(open(result_path(outputs), encoding="utf-8").read())

@@ -65,6 +65,8 @@ def runs(tmp_path_factory) -> dict[str, Run]:
     _rotated_jpeg(inputs / "rotated.jpg")
     (inputs / "bad.jpg").write_text("this is not an image, just text\n")
     (inputs / "empty.jpg").write_bytes(b"")
+    big = inputs / "big.png"  # 1500x1000: over the 1024 px working size
+    Image.open(ASSETS / "rocket.jpg").convert("RGB").resize((1500, 1000), Image.BICUBIC).save(big)
     labels = ", ".join(LABELS)
     rocket, chelsea = str(ASSETS / "rocket.jpg"), str(ASSETS / "chelsea.jpg")
     commands = {
@@ -76,6 +78,8 @@ def runs(tmp_path_factory) -> dict[str, Run]:
         "resolution": [rocket, chelsea, "--labels", labels, *COMMON, "--resolution", "230"],
         "no_labels": [rocket, *COMMON],
         "nan": [rocket, "--labels", labels, "--threshold", "nan", *COMMON],
+        "big": [str(big), "--labels", labels, *COMMON],
+        "big_full": [str(big), "--labels", labels, *COMMON, "--max-side", "0"],
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
     started = {}
@@ -135,6 +139,17 @@ def check_image_outputs(directory: Path, size: tuple[int, int]) -> dict:
 
 
 # --- a folder, individual files, unreadable files ---------------------------------
+
+def test_large_image_is_worked_on_at_1024_px_unless_asked_otherwise(runs):
+    scaled = check_image_outputs(runs["big"].out / "big", (1024, 683))
+    assert any("1500×1000" in note and "1024×683" in note for note in scaled["notes"]), scaled["notes"]
+    full = check_image_outputs(runs["big_full"].out / "big", (1500, 1000))
+    assert not any("scaled" in note for note in full["notes"])
+    assert runs["big"].returncode == runs["big_full"].returncode == 0
+    # Same picture at two sizes: the maps agree closely (CLIP reads 224 px either way).
+    with np.load(runs["big"].out / "big" / "maps.npz") as a, np.load(runs["big_full"].out / "big" / "maps.npz") as b:
+        assert np.corrcoef(a["surgery"].ravel(), b["surgery"].ravel())[0, 1] > 0.99
+
 
 def test_folder_and_files_each_processed_once(runs):
     batch = runs["batch"]

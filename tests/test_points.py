@@ -345,3 +345,20 @@ def test_view_label_combined_found():
     assert split(view.points) == ({cell70(0), cell70(6)}, {cell70(44), cell70(42)})
     one_part = view_label(lm, 70, 70, 2.0)
     assert one_part.found and split(one_part.points)[0] == {cell70(0)}
+
+
+def test_fit_long_side_scales_only_larger_images():
+    from surgery.preprocess import fit_long_side
+
+    wide = np.random.default_rng(0).integers(0, 256, size=(1000, 3000, 3), dtype=np.uint8)
+    scaled, note = fit_long_side(wide, 1024)
+    assert scaled.shape == (341, 1024, 3) and scaled.dtype == np.uint8 and scaled.flags.c_contiguous
+    assert "3000×1000" in note and "1024×341" in note
+    assert abs(float(scaled.mean()) - float(wide.mean())) < 1.0  # area averaging, not a crop
+    tall = wide.transpose(1, 0, 2)
+    assert fit_long_side(tall, 1024)[0].shape == (1024, 341, 3)
+    small = wide[:600, :800]
+    same, note = fit_long_side(small, 1024)
+    assert same is small and note is None
+    same, note = fit_long_side(wide, 0)
+    assert same is wide and note is None
