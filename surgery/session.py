@@ -25,7 +25,9 @@ from .maps import otsu_threshold
 from .outputs import PngMemo, mask_layers, output_files, overlay_pngs, result_json
 
 THRESHOLD_LIMIT = 10.0
-MASK_CACHE_ENTRIES = 256  # decoded masks kept per session (a few MB each at most)  # raw similarities are far inside this; larger input is a mistake
+# Decoded masks kept per session, in bytes of SAM's candidates (3 × H × W booleans: 3 MB at
+# 1024×1024): a slider swept across many positions must not grow one session without bound.
+MASK_CACHE_BYTES = 32 << 20
 
 
 @dataclass
@@ -42,7 +44,7 @@ class SessionState:
     mask_choices: dict[str, int] = field(default_factory=dict)
     suggested_threshold: float | None = None
     image_name: str = "image.png"
-    png_memo: PngMemo = field(default_factory=PngMemo, repr=False, compare=False)
+    png_memo: PngMemo = field(default_factory=lambda: PngMemo(16 << 20), repr=False, compare=False)
     # Re-render events of one session run one at a time, so the last one triggered renders last
     # with every option it changed (they share a concurrency group across sessions).
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -89,7 +91,8 @@ def masks_for(state: SessionState, explanation: Explanation) -> Explanation:
         mask = state.mask_cache.get(key)
         if mask is None:
             mask = state.segmenter.predict(state.embedding, points)
-            if len(state.mask_cache) > MASK_CACHE_ENTRIES:
+            held = sum(cached.candidates.nbytes for cached in state.mask_cache.values())
+            if held + mask.candidates.nbytes > MASK_CACHE_BYTES:
                 state.mask_cache.clear()
             state.mask_cache[key] = mask
         return mask

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -150,3 +151,27 @@ def test_candidate_switch_and_threshold_rerender_make_no_model_call(explainer, r
     top = max(float(lm.surgery_parts.max()) for lm in maps.labels)
     hidden = rerender(state, top + 1.0)
     assert not any(view.found for view in hidden.labels) and len(decoder_calls) == 2
+
+
+def test_decoded_masks_per_session_stay_within_their_byte_budget(explainer, rocket, monkeypatch):
+    from conftest import DATA
+    from surgery import session as S
+    from surgery.masks import SamSegmenter
+    from surgery.sam_model import load_sam
+
+    segmenter = SamSegmenter(load_sam(DATA / "sam_tiny.safetensors"))
+    maps = explainer.compute_maps(rocket, parse_labels("rocket, smoke").labels, MapOptions(224, "labels"))
+    state = S.SessionState(rocket, maps, "tiny", "sam", segmenter, segmenter.embed(rocket), ())
+    S.rerender(state, None)
+    per_mask = next(iter(state.mask_cache.values())).candidates.nbytes
+    monkeypatch.setattr(S, "MASK_CACHE_BYTES", 3 * per_mask)
+    base = S.apply_threshold(maps, None)
+    decodes = 0
+    for shift in range(8):  # eight different point sets per label: far more decodes than the budget holds
+        moved = replace(base, labels=tuple(replace(view, points=view.points + [shift, shift, 0])
+                                           for view in base.labels))
+        explanation = S.masks_for(state, moved)
+        decodes += len(explanation.labels)
+        assert sum(m.candidates.nbytes for m in state.mask_cache.values()) <= 3 * per_mask
+        assert all(view.mask is not None for view in explanation.labels if view.found)
+    assert decodes > 3 and all(view.found for view in base.labels)
