@@ -18,7 +18,7 @@ from .engine import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, MapOptions
 from .errors import InputError, UserError, WeightsUnavailable
 from .explain import PointOptions, explain_image
 from .feature_surgery import REDUNDANCY_MODES
-from .image_encoder import check_resolution
+from .image_encoder import MIN_RESOLUTION, check_resolution
 from .labels import parse_labels
 from .memory import release_freed_memory
 from .outputs import output_files, result_json, write_outputs
@@ -40,10 +40,10 @@ def _finite(text: str) -> float:
     return value
 
 
-def _non_negative(text: str) -> int:
+def _max_side(text: str) -> int:
     value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 (no limit) or a positive number of pixels")
+    if value != 0 and value < MIN_RESOLUTION:
+        raise argparse.ArgumentTypeError(f"must be 0 (keep the original size) or at least {MIN_RESOLUTION} pixels")
     return value
 
 
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--instances", action="store_true",
                          help="split each label's strong region into connected instances, one mask each")
     explain.add_argument("--positive-only", action="store_true", help="send SAM positive points only")
-    explain.add_argument("--max-side", type=_non_negative, default=WORK_MAX_SIDE, metavar="PX",
+    explain.add_argument("--max-side", type=_max_side, default=WORK_MAX_SIDE, metavar="PX",
                          help=f"scale larger images down to this longest side first, as the app does "
                               f"(default {WORK_MAX_SIDE}; 0 keeps the original size)")
     explain.add_argument("--format", choices=("files", "coco"), default="files",
@@ -126,15 +126,20 @@ def run_explain(args: argparse.Namespace) -> int:
     used: set[str] = set()
     for path in tqdm(images, desc="explaining", unit="image", disable=len(images) < 2):
         try:
-            image, scaled_note = fit_long_side(load_image(path, name=path.name), args.max_side)
+            working = fit_long_side(load_image(path, name=path.name), args.max_side)
+            image = working.rgb
             explanation = explain_image(explainer, segmenter, image, parsed.labels, options, args.threshold,
                                         PointOptions(args.instances, args.positive_only))
         except InputError as exc:
             failures += 1
             tqdm.write(f"error: {exc}", file=sys.stderr)
             continue
-        notes = tuple(parsed.notes) + ((scaled_note,) if scaled_note else ())
-        result = result_json(explanation, model=explainer.name, sam_model=sam_name, notes=notes)
+        notes = tuple(parsed.notes)
+        if working.note:
+            notes += (working.note,)
+            tqdm.write(f"note: {path.name}: {working.note}", file=sys.stderr)
+        result = result_json(explanation, model=explainer.name, sam_model=sam_name, notes=notes,
+                             source_size=working.source_size)
         files = output_files(image, explanation, result, with_masks=segmenter is not None,
                              coco_file_name=path.name if args.format == "coco" else None)
         write_outputs(args.out / _unique_stem(path, used), files)

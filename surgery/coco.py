@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from .explain import Explanation
@@ -38,9 +39,20 @@ def mask_box(mask: np.ndarray) -> list[int] | None:
     return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
 
 
-def coco_document(explanation: Explanation, file_name: str) -> dict:
-    """One image, one category per label, one annotation per mask (per instance when split)."""
+def coco_document(explanation: Explanation, file_name: str, image_size: tuple[int, int] | None = None) -> dict:
+    """One image, one category per label, one annotation per mask (per instance when split).
+
+    `image_size` (height, width) is the size of the file `file_name` names, when the masks were
+    made on a scaled copy of it: they are scaled back (nearest neighbour) so they lie on that file.
+    """
     maps = explanation.maps
+    height, width = image_size or (maps.height, maps.width)
+
+    def on_file(mask: np.ndarray) -> np.ndarray:
+        if mask.shape == (height, width):
+            return mask
+        return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+
     categories = [{"id": i + 1, "name": view.text, "supercategory": "label"}
                   for i, view in enumerate(explanation.labels)]
     annotations = []
@@ -52,6 +64,7 @@ def coco_document(explanation: Explanation, file_name: str) -> dict:
         else:
             masks = []
         for mask, score in masks:
+            mask = on_file(mask)
             box = mask_box(mask)
             if box is None:
                 continue
@@ -62,7 +75,7 @@ def coco_document(explanation: Explanation, file_name: str) -> dict:
             })
     return {
         "info": {"description": "CLIP Surgery Explorer masks"},
-        "images": [{"id": 1, "file_name": file_name, "width": maps.width, "height": maps.height}],
+        "images": [{"id": 1, "file_name": file_name, "width": width, "height": height}],
         "categories": categories,
         "annotations": annotations,
     }

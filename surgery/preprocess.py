@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -98,18 +99,33 @@ def load_image(source: str | os.PathLike | bytes | Image.Image, name: str = "The
     return rgb
 
 
-def fit_long_side(image_rgb: np.ndarray, max_side: int = WORK_MAX_SIDE) -> tuple[np.ndarray, str | None]:
-    """The image scaled (area averaging) so its longer side is at most `max_side` (0: no limit),
-    and a note saying so, or the image itself and None when it already fits."""
+@dataclass(frozen=True)
+class WorkingImage:
+    """The pixels the app and the CLI work on, and the size of the decoded image they came from."""
+
+    rgb: np.ndarray
+    source_size: tuple[int, int]  # (height, width) as decoded
+    note: str | None = None  # set when `rgb` was scaled down
+
+    @property
+    def scaled(self) -> bool:
+        return self.rgb.shape[:2] != self.source_size
+
+
+def fit_long_side(image_rgb: np.ndarray, max_side: int = WORK_MAX_SIDE) -> WorkingImage:
+    """The image scaled (area averaging) so its longer side is at most `max_side` (0: no limit;
+    the shorter side never drops below MIN_SIDE), or the image itself when it already fits."""
     height, width = image_rgb.shape[:2]
     if max_side <= 0 or max(height, width) <= max_side:
-        return image_rgb, None
+        return WorkingImage(image_rgb, (height, width))
     scale = max_side / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    scaled = cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
-    note = (f"The image ({width}×{height}) was scaled to {size[0]}×{size[1]} to work on: SAM and CLIP never "
-            f"see more than {WORK_MAX_SIDE} px; points, masks and overlays are in these pixels.")
-    return np.ascontiguousarray(scaled), note
+    size = (max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale)))
+    scaled = np.ascontiguousarray(cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA))
+    note = (f"The image ({width}×{height}) was scaled to {size[0]}×{size[1]} (at most {max_side} px a side) "
+            f"to work on: SAM and CLIP never read more than {WORK_MAX_SIDE} px. Points, masks and overlays "
+            "are in these pixels; source_width/source_height in result.json give the original size, "
+            "and coco.json's masks are at the original size.")
+    return WorkingImage(scaled, (height, width), note)
 
 
 def clip_input(image_rgb: np.ndarray, resolution: int, mean: tuple[float, ...] = CLIP_MEAN,

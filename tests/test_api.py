@@ -55,6 +55,7 @@ def test_large_upload_is_worked_on_at_1024_px_as_the_cli_does(app, tmp_path):
     outputs = client.predict(handle_file(str(big)), "cat", api_name="/explain")
     api_result = json.loads(open(result_path(outputs), encoding="utf-8").read())
     assert (api_result["width"], api_result["height"]) == (1024, 681)
+    assert (api_result["source_width"], api_result["source_height"]) == (1804, 1200)
     assert any("1804×1200" in note for note in api_result["notes"]), api_result["notes"]
     out = tmp_path / "cli"
     subprocess.run([sys.executable, "-m", "surgery", "explain", str(big), "--labels", "cat",

@@ -78,7 +78,7 @@ def runs(tmp_path_factory) -> dict[str, Run]:
         "resolution": [rocket, chelsea, "--labels", labels, *COMMON, "--resolution", "230"],
         "no_labels": [rocket, *COMMON],
         "nan": [rocket, "--labels", labels, "--threshold", "nan", *COMMON],
-        "big": [str(big), "--labels", labels, *COMMON],
+        "big": [str(big), "--labels", labels, *COMMON, "--format", "coco"],
         "big_full": [str(big), "--labels", labels, *COMMON, "--max-side", "0"],
     }
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"}
@@ -143,8 +143,13 @@ def check_image_outputs(directory: Path, size: tuple[int, int]) -> dict:
 def test_large_image_is_worked_on_at_1024_px_unless_asked_otherwise(runs):
     scaled = check_image_outputs(runs["big"].out / "big", (1024, 683))
     assert any("1500×1000" in note and "1024×683" in note for note in scaled["notes"]), scaled["notes"]
+    assert (scaled["source_width"], scaled["source_height"]) == (1500, 1000)
+    assert "note: big.png:" in runs["big"].stderr
+    coco = json.loads((runs["big"].out / "big" / "coco.json").read_text(encoding="utf-8"))
+    assert coco["images"][0] == {"id": 1, "file_name": "big.png", "width": 1500, "height": 1000}
     full = check_image_outputs(runs["big_full"].out / "big", (1500, 1000))
     assert not any("scaled" in note for note in full["notes"])
+    assert (full["source_width"], full["source_height"]) == (1500, 1000)
     assert runs["big"].returncode == runs["big_full"].returncode == 0
     # Same picture at two sizes: the maps agree closely (CLIP reads 224 px either way).
     with np.load(runs["big"].out / "big" / "maps.npz") as a, np.load(runs["big_full"].out / "big" / "maps.npz") as b:

@@ -351,14 +351,15 @@ def test_fit_long_side_scales_only_larger_images():
     from surgery.preprocess import fit_long_side
 
     wide = np.random.default_rng(0).integers(0, 256, size=(1000, 3000, 3), dtype=np.uint8)
-    scaled, note = fit_long_side(wide, 1024)
+    working = fit_long_side(wide, 1024)
+    scaled = working.rgb
     assert scaled.shape == (341, 1024, 3) and scaled.dtype == np.uint8 and scaled.flags.c_contiguous
-    assert "3000×1000" in note and "1024×341" in note
+    assert working.scaled and working.source_size == (1000, 3000)
+    assert "3000×1000" in working.note and "1024×341" in working.note
     assert abs(float(scaled.mean()) - float(wide.mean())) < 1.0  # area averaging, not a crop
     tall = wide.transpose(1, 0, 2)
-    assert fit_long_side(tall, 1024)[0].shape == (1024, 341, 3)
-    small = wide[:600, :800]
-    same, note = fit_long_side(small, 1024)
-    assert same is small and note is None
-    same, note = fit_long_side(wide, 0)
-    assert same is wide and note is None
+    assert fit_long_side(tall, 1024).rgb.shape == (1024, 341, 3)
+    assert fit_long_side(np.zeros((10, 3000, 3), np.uint8), 1024).rgb.shape == (8, 1024, 3)  # never under 8 px
+    for image, limit in ((wide[:600, :800], 1024), (wide, 0)):
+        kept = fit_long_side(image, limit)
+        assert kept.rgb is image and kept.note is None and not kept.scaled
