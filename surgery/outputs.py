@@ -63,11 +63,16 @@ def label_record(view: LabelView) -> dict:
 
 
 def result_json(explanation: Explanation, *, model: str, sam_model: str | None,
-                notes: tuple[str, ...] | list[str] = ()) -> dict:
+                notes: tuple[str, ...] | list[str] = (), source_size: tuple[int, int] | None = None) -> dict:
+    """`width`/`height` (and every point) are the pixels worked on; `source_width`/`source_height`
+    the decoded image's, larger when it was scaled down (`source_size` = (height, width))."""
     maps = explanation.maps
+    source_height, source_width = source_size or (maps.height, maps.width)
     return {
         "width": maps.width,
         "height": maps.height,
+        "source_width": source_width,
+        "source_height": source_height,
         "labels": [label_record(view) for view in explanation.labels],
         "model": model,
         "sam_model": sam_model,
@@ -161,7 +166,7 @@ class PngMemo:
     def png(self, key: Hashable, draw: Callable[[], np.ndarray]) -> bytes:
         data = self._current.get(key) or self._previous.get(key)
         if data is None:
-            data = png_bytes(draw())
+            data = render.encode_png(draw())
             self.encoded += 1
         if key not in self._current and self._current_bytes + len(data) <= self.max_bytes:
             self._current[key] = data
@@ -198,19 +203,16 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
     return buffer.getvalue()
 
 
-def png_bytes(image_rgb: np.ndarray) -> bytes:
-    return render.encode_png(image_rgb)
-
-
 def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, with_masks: bool,
                  coco_file_name: str | None = None, memo: PngMemo | None = None) -> dict[str, bytes]:
-    """Every output file's name and bytes; `coco_file_name` adds coco.json for that image file."""
+    """Every output file's name and bytes; `coco_file_name` adds coco.json for that image file, whose
+    size result["source_width"/"source_height"] gives."""
     files = {
         "result.json": format_result_json(result),
         "maps.npz": _npz_bytes(maps_arrays(explanation, with_masks)),
     }
     if coco_file_name is not None:
-        document = coco.coco_document(explanation, coco_file_name)
+        document = coco.coco_document(explanation, coco_file_name, (result["source_height"], result["source_width"]))
         files["coco.json"] = json.dumps(document, ensure_ascii=False).encode("utf-8")
     files.update(overlay_pngs(image_rgb, explanation, with_masks, memo))
     return files
@@ -222,7 +224,7 @@ def overlay_pngs(image_rgb: np.ndarray, explanation: Explanation, with_masks: bo
     holds are the same files."""
     drawings = overlay_drawings(image_rgb, explanation, with_masks)
     if memo is None:
-        return {name: png_bytes(draw()) for name, _, draw in drawings}
+        return {name: render.encode_png(draw()) for name, _, draw in drawings}
     return {name: memo.png(key, draw) for name, key, draw in drawings}
 
 

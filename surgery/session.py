@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -22,12 +23,55 @@ from .explain import Explanation, PointOptions, apply_threshold, decode_masks, w
 from .image_encoder import MAX_RESOLUTION, MIN_RESOLUTION
 from .labels import ParsedLabels
 from .maps import otsu_threshold
+from .masks import MaskPrediction
 from .outputs import PngMemo, mask_layers, output_files, overlay_pngs, result_json
 
 THRESHOLD_LIMIT = 10.0
-# Decoded masks kept per session, in bytes of SAM's candidates (3 × H × W booleans: 3 MB at
-# 1024×1024): a slider swept across many positions must not grow one session without bound.
-MASK_CACHE_BYTES = 32 << 20
+# Decoded masks kept per session, bit-packed (SAM's 3 candidates at 1024×1024: 384 KB): room for
+# ~40 such decodes, so a render with 16 labels and a few slider positions stay decoded, while a
+# slider swept across many positions cannot grow one session without bound.
+MASK_CACHE_BYTES = 16 << 20
+
+
+class MaskCache:
+    """SAM decodes by prompt points, least recently used dropped first past `max_bytes`.
+
+    Candidates are stored bit-packed (8× smaller than numpy booleans) and unpacked on a hit.
+    """
+
+    def __init__(self, max_bytes: int = MASK_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[bytes, tuple[np.ndarray, tuple[int, ...], MaskPrediction]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(bits.nbytes for bits, _, _ in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: bytes) -> MaskPrediction | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                return None
+            self._items.move_to_end(key)
+        bits, shape, meta = item
+        candidates = np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape).astype(bool)
+        return replace(meta, candidates=candidates)
+
+    def put(self, key: bytes, mask: MaskPrediction) -> None:
+        bits = np.packbits(mask.candidates)
+        meta = replace(mask, candidates=np.empty((0,), dtype=bool))  # scores and best only
+        with self._lock:
+            self._items.pop(key, None)
+            held = sum(b.nbytes for b, _, _ in self._items.values())
+            while self._items and held + bits.nbytes > self.max_bytes:
+                _, (dropped, _, _) = self._items.popitem(last=False)
+                held -= dropped.nbytes
+            self._items[key] = (bits, mask.candidates.shape, meta)
 
 
 @dataclass
@@ -40,10 +84,12 @@ class SessionState:
     embedding: object | None
     notes: tuple[str, ...]
     point_options: PointOptions = PointOptions()
-    mask_cache: dict = field(default_factory=dict)
+    mask_cache: MaskCache = field(default_factory=MaskCache, repr=False, compare=False)
     mask_choices: dict[str, int] = field(default_factory=dict)
     suggested_threshold: float | None = None
     image_name: str = "image.png"
+    source_size: tuple[int, int] | None = None  # (height, width) decoded, when image_rgb is a scaled copy
+    threshold: float | None = None  # the last one rendered (a Run's masks follow a move made meanwhile)
     png_memo: PngMemo = field(default_factory=lambda: PngMemo(16 << 20), repr=False, compare=False)
     # Re-render events of one session run one at a time, so the last one triggered renders last
     # with every option it changed (they share a concurrency group across sessions).
@@ -91,10 +137,7 @@ def masks_for(state: SessionState, explanation: Explanation) -> Explanation:
         mask = state.mask_cache.get(key)
         if mask is None:
             mask = state.segmenter.predict(state.embedding, points)
-            held = sum(cached.candidates.nbytes for cached in state.mask_cache.values())
-            if held + mask.candidates.nbytes > MASK_CACHE_BYTES:
-                state.mask_cache.clear()
-            state.mask_cache[key] = mask
+            state.mask_cache.put(key, mask)
         return mask
 
     return with_choices(decode_masks(explanation, predict), state.mask_choices)
@@ -102,6 +145,7 @@ def masks_for(state: SessionState, explanation: Explanation) -> Explanation:
 
 def rerender(state: SessionState, threshold: float | None) -> Explanation:
     """A threshold move (or option change): no image encoder, decoder only for new points."""
+    state.threshold = threshold
     return masks_for(state, apply_threshold(state.maps, threshold, state.point_options))
 
 
@@ -126,15 +170,26 @@ def page_files(state: SessionState, explanation: Explanation, sam_pending: bool 
     return files
 
 
+def _gallery_names(text: str) -> tuple[str, str, str]:
+    """The `page_files` names of a label's CLIP, CLIP Surgery and points overlays."""
+    slug = render.label_slug(text)
+    return f"clip_{slug}.png", f"surgery_{slug}.png", f"points_{slug}.png"
+
+
+def shown_files(explanation: Explanation) -> list[str]:
+    """The `page_files` the galleries show (the rest are only in the zip)."""
+    return [name for view in explanation.labels for name in _gallery_names(view.text)]
+
+
 def heatmap_gallery(explanation: Explanation, image_files: dict[str, str]) -> list[tuple[str, str]]:
     """(file, caption) pairs: CLIP and CLIP Surgery overlay per label; `image_files` maps the
     `page_files` names to where they were written."""
     items = []
     for view in explanation.labels:
-        slug = render.label_slug(view.text)
-        items.append((image_files[f"clip_{slug}.png"], f"CLIP · {view.text}"))
+        clip_name, surgery_name, _ = _gallery_names(view.text)
+        items.append((image_files[clip_name], f"CLIP · {view.text}"))
         caption = f"CLIP Surgery · {view.text}" + ("" if view.found else " (not found)")
-        items.append((image_files[f"surgery_{slug}.png"], caption))
+        items.append((image_files[surgery_name], caption))
     return items
 
 
@@ -145,7 +200,7 @@ def points_gallery(explanation: Explanation, image_files: dict[str, str]) -> lis
         negatives = len(view.points) - positives
         caption = (f"{view.text}: {positives} positive, {negatives} negative" if view.found
                    else f"{view.text}: not found")
-        items.append((image_files[f"points_{render.label_slug(view.text)}.png"], caption))
+        items.append((image_files[_gallery_names(view.text)[2]], caption))
     return items
 
 
@@ -198,7 +253,8 @@ def summary_markdown(state: SessionState, explanation: Explanation, sam_pending:
 
 
 def result_and_files(state: SessionState, explanation: Explanation) -> tuple[dict, dict[str, bytes]]:
-    result = result_json(explanation, model=state.model_name, sam_model=state.sam_name, notes=state.notes)
+    result = result_json(explanation, model=state.model_name, sam_model=state.sam_name, notes=state.notes,
+                         source_size=state.source_size)
     files = output_files(state.image_rgb, explanation, result, with_masks=state.segmenter is not None,
                          coco_file_name=state.image_name if state.segmenter is not None else None,
                          memo=state.png_memo)

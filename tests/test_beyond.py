@@ -126,6 +126,27 @@ def test_coco_document_matches_the_masks(explainer, rocket):
         assert annotation["score"] == pytest.approx(view.chosen_score, abs=1e-6)
 
 
+def test_coco_masks_are_scaled_back_onto_the_original_file(explainer, rocket):
+    """Masks made on a half-size working copy land on the full-size file the document names."""
+    import cv2
+
+    half = np.ascontiguousarray(cv2.resize(rocket, (rocket.shape[1] // 2, rocket.shape[0] // 2),
+                                           interpolation=cv2.INTER_AREA))
+    maps = explainer.compute_maps(half, parse_labels("rocket, smoke").labels, MapOptions(224, "labels"))
+    decoded = decode_masks(apply_threshold(maps, None), lambda points: _prediction(half.shape[:2], best=1))
+    document = coco_document(decoded, "rocket.png", image_size=rocket.shape[:2])
+    assert (document["images"][0]["height"], document["images"][0]["width"]) == rocket.shape[:2]
+    assert document["annotations"]
+    for annotation in document["annotations"]:
+        mask = decode_rle(annotation["segmentation"])
+        assert mask.shape == rocket.shape[:2]
+        small = decoded.labels[annotation["category_id"] - 1].chosen_mask
+        assert abs(mask.mean() - small.mean()) < 0.02  # the same region, at twice the size
+        back = cv2.resize(mask.astype(np.uint8), small.shape[::-1], interpolation=cv2.INTER_NEAREST)
+        assert (back.astype(bool) == small).mean() > 0.97
+        assert annotation["bbox"] == mask_box(mask)
+
+
 def test_candidate_switch_and_threshold_rerender_make_no_model_call(explainer, rocket):
     from conftest import DATA
     from surgery.masks import SamSegmenter
@@ -153,25 +174,37 @@ def test_candidate_switch_and_threshold_rerender_make_no_model_call(explainer, r
     assert not any(view.found for view in hidden.labels) and len(decoder_calls) == 2
 
 
-def test_decoded_masks_per_session_stay_within_their_byte_budget(explainer, rocket, monkeypatch):
+def test_decoded_masks_per_session_stay_within_their_byte_budget(explainer, rocket):
     from conftest import DATA
     from surgery import session as S
     from surgery.masks import SamSegmenter
     from surgery.sam_model import load_sam
 
     segmenter = SamSegmenter(load_sam(DATA / "sam_tiny.safetensors"))
+    decodes = []
+    real_predict = segmenter.predict
+    segmenter.predict = lambda embedding, points: decodes.append(1) or real_predict(embedding, points)
     maps = explainer.compute_maps(rocket, parse_labels("rocket, smoke").labels, MapOptions(224, "labels"))
     state = S.SessionState(rocket, maps, "tiny", "sam", segmenter, segmenter.embed(rocket), ())
-    S.rerender(state, None)
-    per_mask = next(iter(state.mask_cache.values())).candidates.nbytes
-    monkeypatch.setattr(S, "MASK_CACHE_BYTES", 3 * per_mask)
+    first = S.rerender(state, None)
+    packed = state.mask_cache.nbytes // 2  # two labels decoded
+    assert packed * 8 >= first.labels[0].mask.candidates.size  # stored bit-packed
+    state.mask_cache = S.MaskCache(max_bytes=3 * packed)
     base = S.apply_threshold(maps, None)
-    decodes = 0
-    for shift in range(8):  # eight different point sets per label: far more decodes than the budget holds
+    assert all(view.found for view in base.labels)
+    shifted = []
+    for shift in range(8):  # eight point sets per label: far more decodes than three fit
         moved = replace(base, labels=tuple(replace(view, points=view.points + [shift, shift, 0])
                                            for view in base.labels))
-        explanation = S.masks_for(state, moved)
-        decodes += len(explanation.labels)
-        assert sum(m.candidates.nbytes for m in state.mask_cache.values()) <= 3 * per_mask
-        assert all(view.mask is not None for view in explanation.labels if view.found)
-    assert decodes > 3 and all(view.found for view in base.labels)
+        shifted.append((moved, S.masks_for(state, moved)))
+        assert state.mask_cache.nbytes <= 3 * packed and len(state.mask_cache) == min(3, 2 * (shift + 1))
+    assert len(decodes) == 2 + 16
+    # The latest decodes are kept (least recently used dropped first) and come back equal.
+    last_moved, last = shifted[-1]
+    again = S.masks_for(state, last_moved)
+    assert len(decodes) == 18
+    for view, before in zip(again.labels, last.labels):
+        assert np.array_equal(view.mask.candidates, before.mask.candidates)
+        assert np.array_equal(view.mask.scores, before.mask.scores) and view.mask.best == before.mask.best
+    S.masks_for(state, shifted[0][0])  # long evicted: decoded again
+    assert len(decodes) == 20

@@ -8,7 +8,8 @@ import pytest
 from conftest import DATA
 from surgery.engine import MapOptions
 from surgery.labels import parse_labels
-from surgery.outputs import PngMemo, overlay_images, overlay_pngs, png_bytes
+from surgery.outputs import PngMemo, overlay_images, overlay_pngs
+from surgery.render import encode_png
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def test_memo_gives_the_same_files_as_encoding_each_image(session):
     from surgery.session import rerender
 
     explanation = rerender(session, None)
-    plain = {name: png_bytes(image) for name, image in overlay_images(session.image_rgb, explanation, True).items()}
+    plain = {name: encode_png(image) for name, image in overlay_images(session.image_rgb, explanation, True).items()}
     memo = PngMemo()
     assert overlay_pngs(session.image_rgb, explanation, True, memo) == plain
     assert memo.encoded == len(plain)
