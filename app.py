@@ -15,17 +15,15 @@ import gradio as gr
 import numpy as np
 import PIL.Image
 
-from surgery import render
+from surgery import render, served_files
 from surgery import session as S
 from surgery.engine import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, MapOptions
 from surgery.errors import UserError
 from surgery.explain import PointOptions, apply_threshold
 from surgery.feature_surgery import REDUNDANCY_MODES
 from surgery.labels import parse_labels
-from surgery.memory import release_freed_memory
 from surgery.models import PRECISIONS, ModelConfig, ModelStore
-from surgery.outputs import zip_outputs
-from surgery.preprocess import MAX_PIXELS, check_pixel_count, fit_long_side, load_image
+from surgery.preprocess import MAX_PIXELS, WorkingImage, check_pixel_count, fit_long_side, load_image
 from surgery.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
 from surgery.text_store import default_text_cache_dir
 
@@ -38,9 +36,8 @@ MODEL_CONCURRENCY = 1  # 2 cores: one model job at a time uses both; more would 
 RERENDER_CONCURRENCY = 4
 QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE") or 32)  # env override: tests, small Spaces
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "clip-surgery-explorer"
-OUTPUT_TTL_S = 3600
 SESSION_TTL_S = 1800  # per-session raw maps and SAM embedding (a few MB) live this long after the last use
-SESSION_CAPACITY = 24  # sessions whose state is kept at once: ~5-8 MB each with vit_b (embedding, image, masks)
+SESSION_CAPACITY = 24  # sessions whose state is kept at once: 10-20 MB each typical, ~70 MB at most (see README Limits)
 
 INTRO = """# CLIP Surgery Explorer
 Why does CLIP match this image to that word? **CLIP Surgery**
@@ -167,43 +164,11 @@ class ThresholdSlider(gr.Slider):
         return payload
 
 
-def image_array(image) -> tuple:
-    """(RGB array to work on, note or None): decoded, and scaled down when larger than WORK_MAX_SIDE."""
+def image_array(image) -> WorkingImage:
+    """The uploaded image decoded, and scaled down when larger than WORK_MAX_SIDE."""
     if image is None:
         raise UserError("Upload an image first (or pick an example below).")
     return fit_long_side(load_image(image))
-
-
-def _save_outputs(files: dict[str, bytes], downloads: bool = True) -> tuple[dict[str, str], str | None, str | None]:
-    """Write the PNGs (name -> path), and with `downloads` the zip and result.json, where Gradio can
-    serve them; old files are swept."""
-    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in OUTPUT_DIR.glob("*"):
-        try:
-            if now - old.stat().st_mtime > OUTPUT_TTL_S:
-                if old.is_dir():
-                    for f in old.iterdir():
-                        f.unlink()
-                    old.rmdir()
-                else:
-                    old.unlink()
-        except OSError:
-            pass
-    folder = Path(tempfile.mkdtemp(dir=OUTPUT_DIR))
-    images = {}
-    for name, payload in files.items():
-        if name.endswith(".png"):
-            path = folder / name
-            path.write_bytes(payload)
-            images[name] = str(path)
-    if not downloads:
-        return images, None, None
-    zip_path = folder / "clip-surgery.zip"
-    zip_path.write_bytes(zip_outputs(files))
-    json_path = folder / "result.json"
-    json_path.write_bytes(files["result.json"])
-    return images, str(zip_path), str(json_path)
 
 
 def slider_update(state: S.SessionState):
@@ -220,8 +185,9 @@ def image_file_name(image) -> str:
 def rendered(state: S.SessionState, explanation, sam_pending: bool = False) -> tuple:
     """The seven result outputs (heatmaps, points, masks, histograms, summary, zip, result.json)."""
     masks = S.annotated_masks(state, explanation) if state.segmenter is not None and not sam_pending else None
-    images, zip_path, json_path = _save_outputs(S.page_files(state, explanation, sam_pending),
-                                                downloads=not sam_pending)
+    images, zip_path, json_path = served_files.write_render(
+        OUTPUT_DIR, S.page_files(state, explanation, sam_pending), S.shown_files(explanation),
+        downloads=not sam_pending)
     return (S.heatmap_gallery(explanation, images), S.points_gallery(explanation, images), masks,
             S.histogram_gallery(state, explanation), S.summary_markdown(state, explanation, sam_pending),
             zip_path, json_path)
@@ -236,19 +202,20 @@ def build_demo(store: ModelStore) -> gr.Blocks:
         """On upload: run both image encoders now, so Run pays only for text and decoding."""
         if image is None:
             return
-        rgb, _ = image_array(image)
+        rgb = image_array(image).rgb
         explainer = store.clip(backbone)
         size, _ = S.check_resolution_choice(resolution, explainer.patch_size)
         explainer.image_tokens(rgb, size, precision=precision)
         segmenter = store.sam(sam_choice, precision)
         if segmenter is not None:
             segmenter.embed(rgb)
-        release_freed_memory()  # the encoders' activations, so they do not stack under the next peak
+        store.idle_trim.job_done()
 
     @user_errors
     def run(image, labels_text, threshold, backbone, resolution, redundancy, sam_choice, precision,
             instances=False, positive_only=False, progress=gr.Progress()):
-        rgb, scaled_note = image_array(image)
+        working = image_array(image)
+        rgb = working.rgb
         parsed = parse_labels(labels_text)
         threshold_value = S.check_threshold(threshold)
         if redundancy not in REDUNDANCY_MODES:
@@ -262,20 +229,27 @@ def build_demo(store: ModelStore) -> gr.Blocks:
         segmenter = store.sam(sam_choice, precision, progress=progress_callback(progress))
         state = S.SessionState(
             rgb, maps, explainer.name, store.sam_display_name(sam_choice) if segmenter else None, segmenter,
-            None, tuple(parsed.notes) + tuple(n for n in (scaled_note, note) if n),
-            point_options=PointOptions(bool(instances), bool(positive_only)), image_name=image_file_name(image))
+            None, tuple(parsed.notes) + tuple(n for n in (working.note, note) if n),
+            point_options=PointOptions(bool(instances), bool(positive_only)), image_name=image_file_name(image),
+            source_size=working.source_size, threshold=threshold_value)
         first = apply_threshold(maps, threshold_value, state.point_options)
         pick = gr.update(choices=[label.text for label in parsed.labels], value=None)
         if segmenter is not None:  # heatmaps now, masks when SAM is done
             yield (*rendered(state, first, sam_pending=True), state, slider_update(state), pick)
-            progress(0.6, desc="SAM image embedding…")
-            started = time.perf_counter()
-            state.embedding = segmenter.embed(rgb)
-            first.timings["sam_image"] = time.perf_counter() - started
-            progress(0.9, desc="SAM masks…")
-        explanation = S.masks_for(state, first)
-        yield (*rendered(state, explanation), state, slider_update(state), pick)
-        release_freed_memory()  # after the last yield: the page already has everything
+        # The page holds the state from the first yield on: its re-renders wait for the masks here,
+        # and a threshold or option they set meanwhile is the one the masks are made for.
+        with state.lock:
+            if segmenter is not None:
+                progress(0.6, desc="SAM image embedding…")
+                started = time.perf_counter()
+                state.embedding = segmenter.embed(rgb)
+                first.timings["sam_image"] = time.perf_counter() - started
+                progress(0.9, desc="SAM masks…")
+            if (state.threshold, state.point_options) != (first.threshold, first.point_options):
+                first = apply_threshold(maps, state.threshold, state.point_options)
+            final = (*rendered(state, S.masks_for(state, first)), state, slider_update(state), pick)
+        yield final
+        store.idle_trim.job_done()
 
     @user_errors
     def rethreshold(state, threshold):

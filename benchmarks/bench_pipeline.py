@@ -253,6 +253,7 @@ class Stages:
         self.seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._active: set[str] = set()
+        self._blocks = 0  # open `timed` blocks: wrapped calls inside them are theirs (e.g. ui_png's PNGs)
 
         self.extrapolated = 0.0  # seconds not run but added (see --baseline-text-sample)
 
@@ -277,7 +278,7 @@ class Stages:
         stages = self
 
         def wrapper(*args, **kwargs):
-            if stage in stages._active:
+            if stage in stages._active or stages._blocks:
                 return original(*args, **kwargs)
             stages._active.add(stage)
             start = time.perf_counter()
@@ -296,9 +297,11 @@ class Stages:
 
         class _Timer:
             def __enter__(self):
+                stages._blocks += 1
                 self.start = time.perf_counter()
 
             def __exit__(self, *exc):
+                stages._blocks -= 1
                 stages.add(stage, time.perf_counter() - self.start)
 
         return _Timer()
@@ -313,9 +316,11 @@ def wrap_shared(stages: Stages, app_module) -> None:
     stages.wrap(outputs, "resize_map", "render")
     stages.wrap(session, "apply_threshold", "threshold_points")
     stages.wrap(app_module, "apply_threshold", "threshold_points")
-    stages.wrap(outputs, "png_bytes", "png_npz")
+    stages.wrap(render, "encode_png", "png_npz")
     stages.wrap(outputs, "_npz_bytes", "png_npz")
-    stages.wrap(app_module, "_save_outputs", "zip_save")
+    from surgery import served_files
+
+    stages.wrap(served_files, "write_render", "zip_save")
     stages.wrap(app_module, "image_array", "image_decode")
 
 
@@ -867,7 +872,7 @@ def breakdown(records: list[dict], key: str) -> tuple[float, dict[str, float], d
 
 def print_breakdown(product: dict | None, baseline: dict | None) -> None:
     print("\nwhere the time goes (median s per stage [× calls]; surgery_math = compute_maps minus its encoders;"
-          " zip_save = app._save_outputs; ui_png = Gradio's PNG postprocess; other = glue, summary, JSON)")
+          " zip_save = served_files.write_render (gallery PNGs, zip, result.json to disk); ui_png = Gradio's PNG postprocess; other = glue, summary, JSON)")
     for mode, data in (("product", product), ("baseline", baseline)):
         if not data:
             continue

@@ -81,7 +81,10 @@ def read_clip_architecture(state_dict: dict[str, torch.Tensor]) -> ClipArchitect
 
 
 def build_clip(state_dict: dict[str, torch.Tensor]) -> CLIP:
-    """An eval-mode, float32, gradient-free open_clip CLIP holding exactly these weights."""
+    """An eval-mode, float32, gradient-free open_clip CLIP holding exactly these weights.
+
+    The model adopts the dict's float32 tensors (no copy): pass a dict nobody else will modify.
+    """
     arch = read_clip_architecture(state_dict)
     vision_cfg = CLIPVisionCfg(
         layers=arch.vision_layers, width=arch.vision_width,

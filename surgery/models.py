@@ -22,7 +22,7 @@ from .engine import ClipExplainer
 from .errors import InputError, UserError
 from .loading import load_clip_explainer, load_sam_segmenter
 from .masks import PRECISIONS
-from .memory import release_freed_memory
+from .memory import IdleTrim, release_freed_memory
 from .openclip_models import parse_openclip_name
 from .registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, OPENCLIP_SUGGESTED, SAM_CHECKPOINTS, default_sam_model
 
@@ -56,6 +56,7 @@ class ModelStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._futures: OrderedDict[tuple, Future] = OrderedDict()
         self._lock = threading.Lock()
+        self.idle_trim = IdleTrim()  # handlers report finished model jobs; freed memory goes back when quiet
 
     # --- lifetime ------------------------------------------------------------
     def start(self) -> None:
@@ -67,6 +68,7 @@ class ModelStore:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.idle_trim.cancel()
 
     def _warm_vocabulary(self) -> None:
         future = self._futures.get(("clip", self.config.clip_model))
