@@ -37,7 +37,7 @@ RERENDER_CONCURRENCY = 4
 QUEUE_SIZE = int(os.environ.get("QUEUE_SIZE") or 32)  # env override: tests, small Spaces
 OUTPUT_DIR = Path(tempfile.gettempdir()) / "clip-surgery-explorer"
 SESSION_TTL_S = 1800  # per-session raw maps and SAM embedding (a few MB) live this long after the last use
-SESSION_CAPACITY = 24  # sessions whose state is kept at once: 10-20 MB each typical, ~70 MB at most (see README Limits)
+SESSION_CAPACITY = 24  # sessions whose state is kept at once: 10-20 MB each typical, ~55 MB at most (see README Limits)
 
 INTRO = """# CLIP Surgery Explorer
 Why does CLIP match this image to that word? **CLIP Surgery**

@@ -647,7 +647,7 @@ class BaselineApp:
         from surgery.labels import parse_labels
 
         app = self.app
-        rgb, _ = app.image_array(image)
+        rgb = app.image_array(image).rgb
         parsed = parse_labels(labels_text)
         threshold_value = S.check_threshold(threshold)
         options = MapOptions(resolution=RESOLUTION, redundancy=REDUNDANCY)

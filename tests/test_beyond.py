@@ -147,18 +147,26 @@ def test_coco_masks_are_scaled_back_onto_the_original_file(explainer, rocket):
         assert annotation["bbox"] == mask_box(mask)
 
 
-def test_candidate_switch_and_threshold_rerender_make_no_model_call(explainer, rocket):
+def _session_counting_decodes(explainer, rocket):
+    """A session on the tiny SAM (labels rocket, smoke), and the list its decoder calls append to."""
     from conftest import DATA
     from surgery.masks import SamSegmenter
     from surgery.sam_model import load_sam
-    from surgery.session import SessionState, rerender
+    from surgery.session import SessionState
 
     segmenter = SamSegmenter(load_sam(DATA / "sam_tiny.safetensors"))
     decoder_calls = []
     real_predict = segmenter.predict
     segmenter.predict = lambda embedding, points: decoder_calls.append(1) or real_predict(embedding, points)
     maps = explainer.compute_maps(rocket, parse_labels("rocket, smoke").labels, MapOptions(224, "labels"))
-    state = SessionState(rocket, maps, "tiny", "sam", segmenter, segmenter.embed(rocket), ())
+    return SessionState(rocket, maps, "tiny", "sam", segmenter, segmenter.embed(rocket), ()), decoder_calls
+
+
+def test_candidate_switch_and_threshold_rerender_make_no_model_call(explainer, rocket):
+    from surgery.session import rerender
+
+    state, decoder_calls = _session_counting_decodes(explainer, rocket)
+    segmenter, maps = state.segmenter, state.maps
     first = rerender(state, None)
     assert len(decoder_calls) == 2 and segmenter.encode_calls == 1
     encodings = explainer.image_encodings
@@ -175,17 +183,10 @@ def test_candidate_switch_and_threshold_rerender_make_no_model_call(explainer, r
 
 
 def test_decoded_masks_per_session_stay_within_their_byte_budget(explainer, rocket):
-    from conftest import DATA
     from surgery import session as S
-    from surgery.masks import SamSegmenter
-    from surgery.sam_model import load_sam
 
-    segmenter = SamSegmenter(load_sam(DATA / "sam_tiny.safetensors"))
-    decodes = []
-    real_predict = segmenter.predict
-    segmenter.predict = lambda embedding, points: decodes.append(1) or real_predict(embedding, points)
-    maps = explainer.compute_maps(rocket, parse_labels("rocket, smoke").labels, MapOptions(224, "labels"))
-    state = S.SessionState(rocket, maps, "tiny", "sam", segmenter, segmenter.embed(rocket), ())
+    state, decodes = _session_counting_decodes(explainer, rocket)
+    maps = state.maps
     first = S.rerender(state, None)
     packed = state.mask_cache.nbytes // 2  # two labels decoded
     assert packed * 8 >= first.labels[0].mask.candidates.size  # stored bit-packed
