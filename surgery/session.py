@@ -117,7 +117,7 @@ def check_resolution_choice(resolution, patch_size: int) -> tuple[int, str | Non
         raise InputError("Resolution must be a whole number of pixels, e.g. 512.") from None
     if not MIN_RESOLUTION <= requested <= MAX_RESOLUTION:
         raise InputError(f"Resolution must be between {MIN_RESOLUTION} and {MAX_RESOLUTION} pixels.")
-    snapped = max(MIN_RESOLUTION, min(MAX_RESOLUTION, round(requested / patch_size) * patch_size))
+    snapped = round(requested / patch_size) * patch_size  # nearest multiple, then a step inwards if outside
     while snapped < MIN_RESOLUTION:
         snapped += patch_size
     while snapped > MAX_RESOLUTION:

@@ -363,3 +363,16 @@ def test_fit_long_side_scales_only_larger_images():
     for image, limit in ((wide[:600, :800], 1024), (wide, 0)):
         kept = fit_long_side(image, limit)
         assert kept.rgb is image and kept.note is None and not kept.scaled
+
+
+@pytest.mark.parametrize("requested, patch, expected", [
+    (512, 16, 512), (500, 16, 496), ("1020", 16, 1024), (1024, 14, 1022), (230, 32, 224),
+    (224, 30, 240),  # the nearest multiple (210) is under the minimum: one step up
+    (1024, 40, 1000),  # the nearest multiple (1040) is over the maximum: one step down
+])
+def test_resolution_choice_snaps_to_a_usable_multiple_of_the_patch(requested, patch, expected):
+    from surgery.session import check_resolution_choice
+
+    snapped, note = check_resolution_choice(requested, patch)
+    assert snapped == expected and snapped % patch == 0 and 224 <= snapped <= 1024
+    assert (note is None) == (snapped == int(requested))
