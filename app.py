@@ -234,17 +234,19 @@ def build_demo(store: ModelStore) -> gr.Blocks:
             source_size=working.source_size, threshold=threshold_value)
         first = apply_threshold(maps, threshold_value, state.point_options)
         pick = gr.update(choices=[label.text for label in parsed.labels], value=None)
+        embedding = None
         if segmenter is not None:  # heatmaps now, masks when SAM is done
             yield (*rendered(state, first, sam_pending=True), state, slider_update(state), pick)
-        # The page holds the state from the first yield on: its re-renders wait for the masks here,
-        # and a threshold or option they set meanwhile is the one the masks are made for.
+            progress(0.6, desc="SAM image embedding…")
+            started = time.perf_counter()
+            embedding = segmenter.embed(rgb)
+            first.timings["sam_image"] = time.perf_counter() - started
+            progress(0.9, desc="SAM masks…")
+        # The page holds the state since the first yield, so its re-renders (which show "computing…"
+        # until the embedding is in) take turns with this render, and a threshold or option one of
+        # them set meanwhile is the one the masks are made for.
         with state.lock:
-            if segmenter is not None:
-                progress(0.6, desc="SAM image embedding…")
-                started = time.perf_counter()
-                state.embedding = segmenter.embed(rgb)
-                first.timings["sam_image"] = time.perf_counter() - started
-                progress(0.9, desc="SAM masks…")
+            state.embedding = embedding
             if (state.threshold, state.point_options) != (first.threshold, first.point_options):
                 first = apply_threshold(maps, state.threshold, state.point_options)
             final = (*rendered(state, S.masks_for(state, first)), state, slider_update(state), pick)
@@ -256,7 +258,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
         if state is None:
             return (gr.update(),) * 7
         with state.lock:
-            return rendered(state, S.rerender(state, S.check_threshold(threshold)))
+            return rendered(state, S.rerender(state, S.check_threshold(threshold)), S.masks_pending(state))
 
     @user_errors
     def change_points(state, threshold, instances, positive_only):
@@ -264,7 +266,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
             return (gr.update(),) * 7
         with state.lock:
             state.point_options = PointOptions(bool(instances), bool(positive_only))
-            return rendered(state, S.rerender(state, S.check_threshold(threshold)))
+            return rendered(state, S.rerender(state, S.check_threshold(threshold)), S.masks_pending(state))
 
     @user_errors
     def choose_mask(state, threshold, label, candidate):
@@ -276,7 +278,7 @@ def build_demo(store: ModelStore) -> gr.Blocks:
                 state.mask_choices.pop(label, None)
             else:
                 state.mask_choices[label] = int(candidate) - 1
-            return rendered(state, S.rerender(state, S.check_threshold(threshold)))
+            return rendered(state, S.rerender(state, S.check_threshold(threshold)), S.masks_pending(state))
 
     def shown_candidate(state, label):
         choice = None if state is None else state.mask_choices.get(label)

@@ -88,7 +88,7 @@ class SessionState:
     mask_choices: dict[str, int] = field(default_factory=dict)
     suggested_threshold: float | None = None
     image_name: str = "image.png"
-    source_size: tuple[int, int] | None = None  # (height, width) decoded, when image_rgb is a scaled copy
+    source_size: tuple[int, int] | None = None  # (height, width) of the decoded upload; image_rgb may be scaled
     threshold: float | None = None  # the last one rendered (a Run's masks follow a move made meanwhile)
     png_memo: PngMemo = field(default_factory=lambda: PngMemo(16 << 20), repr=False, compare=False)
     # Re-render events of one session run one at a time, so the last one triggered renders last
@@ -141,6 +141,11 @@ def masks_for(state: SessionState, explanation: Explanation) -> Explanation:
         return mask
 
     return with_choices(decode_masks(explanation, predict), state.mask_choices)
+
+
+def masks_pending(state: SessionState) -> bool:
+    """SAM is on but this state's image embedding is still being computed (by its Run)."""
+    return state.segmenter is not None and state.embedding is None
 
 
 def rerender(state: SessionState, threshold: float | None) -> Explanation:

@@ -209,3 +209,19 @@ def test_decoded_masks_per_session_stay_within_their_byte_budget(explainer, rock
         assert np.array_equal(view.mask.scores, before.mask.scores) and view.mask.best == before.mask.best
     S.masks_for(state, shifted[0][0])  # long evicted: decoded again
     assert len(decodes) == 20
+
+
+def test_a_rerender_before_the_embedding_is_in_says_masks_are_pending(explainer, rocket):
+    from surgery import session as S
+
+    state, decodes = _session_counting_decodes(explainer, rocket)
+    embedding, state.embedding = state.embedding, None  # as during a Run's SAM encoding
+    assert S.masks_pending(state)
+    pending = S.rerender(state, None)
+    assert decodes == [] and all(view.mask is None for view in pending.labels)
+    assert "computing…" in S.summary_markdown(state, pending, S.masks_pending(state))
+    state.embedding = embedding
+    assert not S.masks_pending(state)
+    assert all(view.mask is not None for view in S.rerender(state, None).labels if view.found)
+    state.segmenter = None  # SAM off: nothing is ever pending
+    assert not S.masks_pending(state)
