@@ -29,25 +29,26 @@ def _folder_bytes(folder: Path) -> int:
 def sweep(root: Path, ttl_s: float = TTL_S, max_bytes: int = MAX_BYTES) -> None:
     """Delete render folders older than `ttl_s`, then the oldest ones until the rest fit `max_bytes`."""
     now = time.time()
-    folders = []
-    for folder in root.glob("*"):
+    kept = []  # (modified, size, folder)
+    for entry in root.glob("*"):
         try:
-            modified = folder.stat().st_mtime
+            modified = entry.stat().st_mtime
         except OSError:
             continue
-        if not folder.is_dir():
-            if now - modified > ttl_s:
-                folder.unlink(missing_ok=True)
-        elif now - modified > ttl_s:
-            shutil.rmtree(folder, ignore_errors=True)
+        expired = now - modified > ttl_s
+        if not entry.is_dir():
+            if expired:
+                entry.unlink(missing_ok=True)
+        elif expired:
+            shutil.rmtree(entry, ignore_errors=True)
         else:
-            folders.append((modified, folder))
-    folders.sort()
-    total = sum(_folder_bytes(folder) for _, folder in folders)
-    for _, folder in folders:
+            kept.append((modified, _folder_bytes(entry), entry))
+    kept.sort()
+    total = sum(size for _, size, _ in kept)
+    for _, size, folder in kept:
         if total <= max_bytes:
             break
-        total -= _folder_bytes(folder)
+        total -= size
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -47,7 +47,10 @@ class MaskCache:
     @property
     def nbytes(self) -> int:
         with self._lock:
-            return sum(bits.nbytes for bits, _, _ in self._items.values())
+            return self._held_bytes()
+
+    def _held_bytes(self) -> int:  # callers hold self._lock
+        return sum(bits.nbytes for bits, _, _ in self._items.values())
 
     def __len__(self) -> int:
         return len(self._items)
@@ -67,7 +70,7 @@ class MaskCache:
         meta = replace(mask, candidates=np.empty((0,), dtype=bool))  # scores and best only
         with self._lock:
             self._items.pop(key, None)
-            held = sum(b.nbytes for b, _, _ in self._items.values())
+            held = self._held_bytes()
             while self._items and held + bits.nbytes > self.max_bytes:
                 _, (dropped, _, _) = self._items.popitem(last=False)
                 held -= dropped.nbytes
