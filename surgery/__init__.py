@@ -1,0 +1,86 @@
+"""CLIP Surgery Explorer's engine: why CLIP matches an image to a word, as arrays.
+
+A notebook session::
+
+    import surgery
+    explainer = surgery.load_clip("ViT-B/16")              # or load_clip(checkpoint="weights.safetensors")
+    segmenter = surgery.load_segmenter("vit_b")            # optional: SAM masks from the map's points
+    image = surgery.load_image("photo.jpg")                # uint8 (H, W, 3)
+    maps = surgery.compute_maps(explainer, image, "person, bench, cat+grass")
+    view = surgery.apply_threshold(maps, 0.1)              # found or not, points per label (no model)
+    view = surgery.add_masks(view, segmenter, image)       # SAM's masks for the found labels
+    surgery.write_outputs("out/photo", image, view, explainer=explainer, segmenter=segmenter)
+
+Layers (dependencies point down the list):
+
+- `surgery.output`: overlays, histograms, PNG, result.json/maps.npz files, COCO;
+- `surgery.clip`, `surgery.sam`: the networks, their forwards and caches;
+- `surgery.hub`: named checkpoints, download and verification, safe reading;
+- `surgery.method`: the method on arrays (feature surgery, maps, threshold, points, labels, views).
+
+`surgery.loading` is the one path from a name or file to a loaded model. The method
+is described in docs/method.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import CheckpointError, InputError, UserError, WeightsUnavailable
+from .images import fit_long_side, load_image
+from .loading import load_clip, load_segmenter
+from .method.labels import Label, parse_labels
+from .method.results import MapOptions, MapsResult
+from .method.threshold import check_threshold
+from .method.views import Explanation, PointOptions
+from .method.views import apply_threshold as _apply_threshold
+from .method.views import decode_masks
+
+__all__ = [
+    "load_clip", "load_segmenter", "load_image", "fit_long_side", "parse_labels", "compute_maps",
+    "apply_threshold", "add_masks", "write_outputs", "MapOptions", "MapsResult", "PointOptions",
+    "Explanation", "Label", "UserError", "InputError", "CheckpointError", "WeightsUnavailable",
+]
+
+
+def compute_maps(explainer, image_rgb: np.ndarray, labels: str | Sequence[Label],
+                 options: MapOptions = MapOptions()) -> MapsResult:
+    """Raw CLIP and CLIP Surgery maps for each label on the patch grid (no threshold yet).
+
+    `labels` is the text a person types (`"person, bench, cat+grass"`) or parsed `Label`s.
+    """
+    parsed = parse_labels(labels).labels if isinstance(labels, str) else tuple(labels)
+    return explainer.compute_maps(image_rgb, parsed, options)
+
+
+def apply_threshold(maps: MapsResult, threshold: float | None = None,
+                    options: PointOptions = PointOptions()) -> Explanation:
+    """Per label: found or not at `threshold` (None or 0: off), display maps and SAM's prompt points."""
+    return _apply_threshold(maps, check_threshold(threshold), options)
+
+
+def add_masks(explanation: Explanation, segmenter, image_rgb: np.ndarray) -> Explanation:
+    """SAM's masks for every found label (the image is encoded once and cached by the segmenter)."""
+    embedding = segmenter.embed(image_rgb)
+    return decode_masks(explanation, lambda points: segmenter.predict(embedding, points))
+
+
+def write_outputs(directory: str | Path, image_rgb: np.ndarray, explanation: Explanation, *,
+                  explainer=None, segmenter=None, coco_file_name: str | None = None) -> Path:
+    """Write result.json, maps.npz and the PNG overlays into `directory` (as the CLI does); returns it.
+
+    Pass the `segmenter` whose masks `explanation` holds to include masks (maps.npz, sam_*.png, masks.png).
+    """
+    from .output.files import output_files, result_json
+    from .output.files import write_outputs as _write
+
+    with_masks = segmenter is not None
+    result = result_json(explanation, model=getattr(explainer, "name", "clip"),
+                         sam_model=getattr(segmenter, "name", None))
+    files = output_files(image_rgb, explanation, result, with_masks=with_masks, coco_file_name=coco_file_name)
+    directory = Path(directory)
+    _write(directory, files)
+    return directory

@@ -1,15 +1,25 @@
-"""A small thread-safe LRU cache and the content key it is indexed by."""
+"""Caches: a small thread-safe LRU cache, the content key it is indexed by, and the disk cache's root."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections import OrderedDict
+from pathlib import Path
 from typing import Callable, Generic, Hashable, TypeVar
 
 import numpy as np
 
 V = TypeVar("V")
+
+
+def disk_cache_root() -> Path:
+    """The engine's files on disk (label features, recorded digests): `CLIP_SURGERY_CACHE`, else
+    `$XDG_CACHE_HOME/clip-surgery-explorer` (default `~/.cache/clip-surgery-explorer`)."""
+    root = os.environ.get("CLIP_SURGERY_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "clip-surgery-explorer")
+    return Path(root)
 
 
 def image_key(image_rgb: np.ndarray) -> str:

@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .engine import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, MapOptions
+from .clip.vit import MIN_RESOLUTION, check_resolution
 from .errors import InputError, UserError, WeightsUnavailable
-from .explain import PointOptions, explain_image
-from .feature_surgery import REDUNDANCY_MODES
-from .image_encoder import MIN_RESOLUTION, check_resolution
-from .labels import parse_labels
+from .hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
+from .images import WORK_MAX_SIDE, fit_long_side, load_image
 from .memory import release_freed_memory
-from .outputs import output_files, result_json, write_outputs
-from .preprocess import WORK_MAX_SIDE, fit_long_side, load_image
-from .registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
+from .method.feature_surgery import REDUNDANCY_MODES
+from .method.labels import parse_labels
+from .method.results import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, MapOptions
+from .method.threshold import THRESHOLD_RULE, check_threshold
+from .method.views import PointOptions
+from .output.files import output_files, result_json, write_outputs
+from .precision import PRECISIONS
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
@@ -33,11 +34,11 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError("must be a finite number")
-    return value
+def _threshold(text: str) -> float | None:
+    try:
+        return check_threshold(text)
+    except InputError:
+        raise argparse.ArgumentTypeError(f"must be {THRESHOLD_RULE}") from None
 
 
 def _max_side(text: str) -> int:
@@ -55,17 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--labels", required=True, help='comma-separated labels; "a+b" combines targets')
     explain.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION,
                          help=f"CLIP input size, a multiple of the patch size in 224..1024 (default {DEFAULT_RESOLUTION})")
-    explain.add_argument("--threshold", type=_finite, default=None,
-                         help="raw CLIP Surgery similarity below which a region counts as no evidence (default: off)")
+    explain.add_argument("--threshold", type=_threshold, default=None, metavar="T",
+                         help="raw CLIP Surgery similarity below which a region counts as no evidence; "
+                              "0 means off, as in the app (default: off)")
     explain.add_argument("--redundancy", choices=REDUNDANCY_MODES, default=DEFAULT_REDUNDANCY)
     explain.add_argument("--model", default=DEFAULT_CLIP,
                          help=f"{', '.join(CLIP_CHECKPOINTS)} or an open_clip MODEL:TAG (default {DEFAULT_CLIP})")
     explain.add_argument("--clip-checkpoint", type=Path, help="local CLIP state dict (.safetensors/.pt/.bin)")
     explain.add_argument("--no-sam", action="store_true", help="skip SAM masks")
     explain.add_argument("--sam-model", choices=list(SAM_CHECKPOINTS), default=None,
-                         help="SAM size (default vit_b on CPU, vit_h with CUDA)")
+                         help="SAM size (default vit_b; vit_h where the models run on a GPU)")
     explain.add_argument("--sam-checkpoint", type=Path, help="local SAM state dict (.pth/.safetensors)")
-    explain.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    explain.add_argument("--precision", choices=PRECISIONS, default="fp32")
     explain.add_argument("--instances", action="store_true",
                          help="split each label's strong region into connected instances, one mask each")
     explain.add_argument("--positive-only", action="store_true", help="send SAM positive points only")
@@ -99,8 +101,9 @@ def _unique_stem(path: Path, used: set[str]) -> str:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from .loading import load_clip_explainer, load_sam_segmenter
-    from .registry import default_sam_model
+    from .clip.text_store import default_text_cache_dir
+    from .loading import load_clip, load_segmenter
+    from .pipeline import explain_image
 
     parsed = parse_labels(args.labels)
     for note in parsed.notes:
@@ -109,19 +112,10 @@ def run_explain(args: argparse.Namespace) -> int:
     images = expand_images(args.images)
     if not images:
         raise InputError("No images found in the given folders.")
-    from .text_store import default_text_cache_dir
-
-    explainer = load_clip_explainer(args.model, args.clip_checkpoint, default_text_cache_dir())
+    explainer = load_clip(args.model, args.clip_checkpoint, text_cache_dir=default_text_cache_dir())
     check_resolution(options.resolution, explainer.patch_size)  # once, not once per image
-    segmenter = None
-    sam_name = None
-    if not args.no_sam:
-        import torch
-
-        sam_name = args.sam_model or default_sam_model(torch.cuda.is_available())
-        segmenter = load_sam_segmenter(sam_name, args.sam_checkpoint, args.precision)
-        if args.sam_checkpoint:
-            sam_name = args.sam_checkpoint.name
+    segmenter = None if args.no_sam else load_segmenter(args.sam_model, args.sam_checkpoint, precision=args.precision)
+    sam_name = None if segmenter is None else segmenter.name
     failures = 0
     used: set[str] = set()
     for path in tqdm(images, desc="explaining", unit="image", disable=len(images) < 2):
@@ -158,3 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def console_main() -> None:
+    """The `clip-surgery` console command (`pip install .`): the same as `python -m surgery`."""
+    sys.exit(main())

@@ -1,65 +1,62 @@
-"""Turning a model name or a local file into ready engine objects.
+"""The one path from a model source to a loaded, placed model (app, CLI, tests and benchmarks).
 
-A local checkpoint path always wins over the registry; registry entries are
-downloaded (and checksum-verified) through `surgery.weights`.
+Construction and device placement happen here and nowhere else. Models run on
+the CPU today; `models_device()` is the single place that says so, and the
+default SAM follows it (vit_h only where models really run on a GPU).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .clip_model import build_clip
-from .engine import ClipExplainer
-from .errors import InputError
-from .openclip_models import build_openclip, image_normalisation, load_weights, openclip_checkpoint, parse_openclip_name
-from .registry import CLIP_CHECKPOINTS, SAM_CHECKPOINTS
-from .weights import download_checkpoint, file_sha256, load_state_dict
+import torch
+
+from .clip.architecture import build_clip
+from .clip.explainer import ClipExplainer
+from .clip.openclip import build_openclip, load_weights
+from .hub.download import file_sha256
+from .hub.openclip_names import image_normalisation
+from .hub.registry import default_sam_model
+from .hub.sources import ModelSource, resolve_clip, resolve_sam
+from .hub.state_dict import load_state_dict
+from .sam.architecture import load_sam
+from .sam.segmenter import SamSegmenter
 
 
-def _unknown_clip(model: str) -> InputError:
-    return InputError(
-        f"Unknown CLIP model '{model}'. Choose one of {', '.join(CLIP_CHECKPOINTS)}, or an open_clip "
-        "pretrained name MODEL:TAG such as ViT-B-16:laion2b_s34b_b88k."
-    )
+def models_device() -> torch.device:
+    """Where models are placed and run."""
+    return torch.device("cpu")
 
 
-def sam_checkpoint_path(sam_model: str, checkpoint: str | Path | None = None) -> Path:
-    if checkpoint:
-        return Path(checkpoint)
-    if sam_model not in SAM_CHECKPOINTS:
-        raise InputError(f"Unknown SAM model '{sam_model}'. Choose one of: {', '.join(SAM_CHECKPOINTS)}.")
-    return download_checkpoint(SAM_CHECKPOINTS[sam_model])
+def default_sam_name() -> str:
+    """The SAM used when none is named: follows where models actually run, not what hardware exists."""
+    return default_sam_model(runs_on_gpu=models_device().type == "cuda")
 
 
-def load_clip_explainer(model: str, checkpoint: str | Path | None = None,
-                        text_cache_dir: Path | None = None) -> ClipExplainer:
-    """An OpenAI-layout CLIP from the registry (ViT or ResNet) or open_clip's registry (`MODEL:TAG`).
-
-    With `checkpoint`, that file's weights are used; for an open_clip name they must fit its architecture.
-    """
-    if parse_openclip_name(model):
-        network = build_openclip(model)  # random weights: checks surgery compatibility before any download
-        path = Path(checkpoint) if checkpoint else download_checkpoint(openclip_checkpoint(model))
-        load_weights(network, load_state_dict(path), model)
-        mean, std = image_normalisation(model)
-        name = Path(checkpoint).name if checkpoint else model
-        return ClipExplainer(network, name=name, weights_id=file_sha256(path)[:16], mean=mean, std=std,
-                             text_cache_dir=text_cache_dir)
-    if checkpoint:
-        path = Path(checkpoint)
-        name = path.name
-    elif model in CLIP_CHECKPOINTS:
-        path = download_checkpoint(CLIP_CHECKPOINTS[model])
-        name = model
+def load_clip(source: ModelSource | str | None = None, checkpoint: str | Path | None = None, *,
+              display_name: str | None = None, text_cache_dir: Path | None = None) -> ClipExplainer:
+    """A `ClipExplainer` for a source, or for a name and/or local checkpoint file (see `resolve_clip`)."""
+    if not isinstance(source, ModelSource):
+        source = resolve_clip(source, checkpoint, display_name)
+    if source.openclip_name:
+        network = build_openclip(source.openclip_name)  # random weights: checks compatibility before any download
+        path = source.weights_path()
+        load_weights(network, load_state_dict(path), source.openclip_name)
+        mean, std = image_normalisation(source.openclip_name)
+        extra = {"mean": mean, "std": std}
     else:
-        raise _unknown_clip(model)
-    return ClipExplainer(build_clip(load_state_dict(path)), name=name, weights_id=file_sha256(path)[:16],
-                         text_cache_dir=text_cache_dir)
+        path = source.weights_path()
+        network = build_clip(load_state_dict(path))
+        extra = {}
+    network = network.to(models_device())
+    return ClipExplainer(network, name=source.display_name, weights_id=file_sha256(path)[:16],
+                         text_cache_dir=text_cache_dir, **extra)
 
 
-def load_sam_segmenter(sam_model: str, checkpoint: str | Path | None = None, precision: str = "fp32"):
-    from .masks import SamSegmenter
-    from .sam_model import load_sam
-
-    path = sam_checkpoint_path(sam_model, checkpoint)
-    return SamSegmenter(load_sam(path), precision=precision)
+def load_segmenter(source: ModelSource | str | None = None, checkpoint: str | Path | None = None, *,
+                   precision: str = "fp32", display_name: str | None = None) -> SamSegmenter:
+    """A `SamSegmenter` for a source, or for a registry name and/or local checkpoint (see `resolve_sam`)."""
+    if not isinstance(source, ModelSource):
+        source = resolve_sam(source or default_sam_name(), checkpoint, display_name)
+    sam = load_sam(source.weights_path()).to(models_device())
+    return SamSegmenter(sam, precision=precision, name=source.display_name)

@@ -1,8 +1,8 @@
 """Giving freed memory back to the operating system after model jobs.
 
 glibc's malloc keeps freed blocks in its arenas for reuse; after an encoder
-pass that is 150-250 MB of pages the process still holds (measured with
-ViT-B/16 + SAM vit_b). `malloc_trim(0)` returns the free pages of every arena;
+pass that is hundreds of MB the process still holds (docs/performance.md).
+`malloc_trim(0)` returns the free pages of every arena;
 it takes a few milliseconds and changes no allocation in use. The app trims
 when it has been quiet for a while (`IdleTrim`), the CLI after each image.
 """
@@ -39,8 +39,7 @@ class IdleTrim:
     """Calls `trim` (default `release_freed_memory`) once no job has finished for `idle_s` seconds.
 
     Trimming right after every job would make the next one, typically a threshold move
-    seconds later, fault its working memory back in: measured +15 ms on a 62 ms SAM decode.
-    Waiting for a quiet moment gives the memory back without slowing a session down.
+    seconds later, fault its working memory back in. Waiting for a quiet moment gives the memory back without slowing a session down.
     """
 
     def __init__(self, idle_s: float = 30.0, trim: Callable[[], object] = release_freed_memory) -> None:

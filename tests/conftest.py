@@ -33,14 +33,14 @@ def parity_maps() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def explainer():
-    from surgery.engine import ClipExplainer
+    from surgery.loading import load_clip
 
-    return ClipExplainer.from_file(TINY_CLIP, name="tiny")
+    return load_clip(checkpoint=TINY_CLIP, display_name="tiny")
 
 
 @pytest.fixture(scope="session")
 def rocket() -> np.ndarray:
-    from surgery.preprocess import load_image
+    from surgery.images import load_image
 
     return load_image(PARITY / "rocket.png")
 

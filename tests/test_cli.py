@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from surgery.render import label_slug
+from surgery.output.files import label_slug
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
@@ -73,8 +73,9 @@ def runs(tmp_path_factory) -> dict[str, Run]:
         # a folder, an individual file, and three unusable files among them (text, zero bytes, missing)
         "batch": [str(ASSETS), str(inputs / "rotated.jpg"), str(inputs / "bad.jpg"),
                   str(inputs / "empty.jpg"), str(inputs / "missing.png"), "--labels", labels, *COMMON],
-        "low": [rocket, "--labels", labels, "--threshold=-1e6", *COMMON],
-        "high": [rocket, str(inputs / "rotated.jpg"), "--labels", labels, "--threshold", "1e6", *COMMON],
+        "zero": [rocket, "--labels", labels, "--threshold", "0", *COMMON],
+        "negative": [rocket, "--labels", labels, "--threshold=-0.5", *COMMON],
+        "high": [rocket, str(inputs / "rotated.jpg"), "--labels", labels, "--threshold", "10", *COMMON],
         "resolution": [rocket, chelsea, "--labels", labels, *COMMON, "--resolution", "230"],
         "no_labels": [rocket, *COMMON],
         "nan": [rocket, "--labels", labels, "--threshold", "nan", *COMMON],
@@ -205,15 +206,24 @@ def test_threshold_above_every_value_finds_nothing(runs):
             assert entry["points"] == []
 
 
-def test_threshold_below_every_value_gives_the_same_points_as_none(runs):
-    low, batch = runs["low"], runs["batch"]
-    assert low.returncode == 0, low.stderr
-    assert low.stderr.strip() == ""  # a single image: no progress bar, no notes
-    result = check_image_outputs(low.out / "rocket", expected_sizes(runs)["rocket"])
+def test_threshold_zero_is_off_as_in_the_app(runs):
+    """0 means off (the reference min-max), exactly as the page's slider and /explain read it."""
+    zero, batch = runs["zero"], runs["batch"]
+    assert zero.returncode == 0, zero.stderr
+    assert zero.stderr.strip() == ""  # a single image: no progress bar, no notes
+    result = check_image_outputs(zero.out / "rocket", expected_sizes(runs)["rocket"])
     reference = json.loads((batch.out / "rocket" / "result.json").read_text(encoding="utf-8"))
+    assert result["threshold"] is None and reference["threshold"] is None
     for entry, ref in zip(result["labels"], reference["labels"]):
         assert entry["found"] is True
         assert sorted(map(tuple, entry["points"])) == sorted(map(tuple, ref["points"]))
+
+
+def test_negative_threshold_is_refused_as_in_the_app(runs):
+    negative = runs["negative"]
+    assert negative.returncode == 2
+    assert negative.stderr.strip() == "error: argument --threshold: must be a number from 0 (off) to 10 (see --help)"
+    assert not negative.out.exists()
 
 
 # --- bad arguments -------------------------------------------------------------------------

@@ -1,0 +1,58 @@
+"""Gradio components whose input handling answers bad input with a message instead of an error page."""
+
+from __future__ import annotations
+
+import logging
+
+import gradio as gr
+import PIL.Image
+
+from surgery.errors import UserError
+from surgery.images import MAX_PIXELS, check_pixel_count
+
+log = logging.getLogger(__name__)
+
+
+class SafeImage(gr.Image):
+    """gr.Image whose upload handling answers bad files with a message instead of an error page.
+
+    The pixel count is read from the header before anything is decoded (decompression bombs).
+    With `image_mode=None` Gradio hands over the lazily opened image in its own mode (16-bit,
+    CMYK, palette, alpha...) and `surgery.images.load_image` converts it correctly.
+    """
+
+    is_template = True  # rendered by the frontend's own Image component
+
+    def preprocess(self, payload):
+        if payload is not None and getattr(payload, "path", None):
+            try:
+                with PIL.Image.open(payload.path) as header:
+                    check_pixel_count(*header.size)
+            except UserError as exc:
+                raise gr.Error(str(exc)) from None
+            except PIL.Image.DecompressionBombError:  # PIL's own header check, above 2 * MAX_IMAGE_PIXELS
+                raise gr.Error(
+                    f"The image has more than {MAX_PIXELS / 1e6:.0f} megapixels, the limit. Downscale it and try again."
+                ) from None
+            except Exception:
+                raise gr.Error(
+                    "This file is not an image this app can read. Use a JPEG, PNG, WebP, GIF, BMP or TIFF file."
+                ) from None
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            raise
+        except Exception:
+            log.warning("image preprocessing failed", exc_info=True)
+            raise gr.Error("This image is truncated or corrupt. Re-export or re-download it and try again.") from None
+
+
+class ThresholdSlider(gr.Slider):
+    """gr.Slider whose value is checked by `surgery.method.threshold.check_threshold`, not by Gradio's
+    bounds: the page narrows the slider per session, and Gradio would then refuse a later API request
+    above that narrowed maximum, and answer a value that is not a number with no message at all."""
+
+    is_template = True  # rendered by the frontend's own Slider component
+
+    def preprocess(self, payload):
+        return payload

@@ -1,0 +1,210 @@
+"""The app's models as one object with an explicit lifetime.
+
+`ModelStore` loads the default CLIP and SAM in a background thread at start-up
+(so the page is usable at once), loads other choices on demand, and keeps at
+most `max_loaded` of each kind. Sessions hold model *names* and ask the store,
+so an evicted model is really freed. A request that arrives early waits, with a
+progress message; a load that fails is remembered with its message, so the
+page can say what is missing and how to supply local files.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin before Python 3.11
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from surgery.clip.explainer import ClipExplainer
+from surgery.errors import InputError, UserError
+from surgery.hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, OPENCLIP_SUGGESTED, SAM_CHECKPOINTS
+from surgery.hub.sources import ModelSource, is_known_clip, resolve_clip, resolve_sam
+from surgery.loading import default_sam_name, load_clip, load_segmenter
+from surgery.memory import IdleTrim, release_freed_memory
+from surgery.precision import PRECISIONS
+from surgery.sam.segmenter import SamSegmenter
+
+log = logging.getLogger(__name__)
+
+SAM_OFF = "off"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    clip_model: str = DEFAULT_CLIP
+    clip_checkpoint: Path | None = None
+    sam_model: str | None = None  # None: the default for where models run (vit_b on the CPU)
+    sam_checkpoint: Path | None = None
+    load_sam: bool = True
+    backbone_checkpoints: dict[str, Path] = field(default_factory=dict)  # other backbones from local files
+    text_cache_dir: Path | None = None  # label embeddings on disk (None: memory only)
+    max_loaded: int = 2  # per kind; the defaults count too
+
+    def default_sam(self) -> str:
+        return self.sam_model or default_sam_name()
+
+
+class ModelStore:
+    def __init__(self, config: ModelConfig,
+                 loaders: tuple[Callable[..., ClipExplainer], Callable[..., SamSegmenter]] = (load_clip, load_segmenter),
+                 ) -> None:
+        self.config = config
+        self._load_clip, self._load_sam = loaders
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
+        self._futures: OrderedDict[tuple, Future] = OrderedDict()
+        self._evicted: set[tuple] = set()
+        self._lock = threading.Lock()
+        self.idle_trim = IdleTrim()  # handlers report finished model jobs; freed memory goes back when quiet
+
+    # --- lifetime ------------------------------------------------------------
+    def start(self) -> None:
+        """Begin loading the defaults in the background; returns at once."""
+        self._future(("clip", self.config.clip_model))
+        if self.config.load_sam:
+            self._future(("sam", self.config.default_sam(), "fp32"))
+        self._executor.submit(self._warm_vocabulary)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.idle_trim.cancel()
+
+    def _warm_vocabulary(self) -> None:
+        future = self._futures.get(("clip", self.config.clip_model))
+        if future is not None and future.done() and future.exception() is None:
+            future.result().warm_vocabulary()
+        release_freed_memory()  # what loading and the vocabulary batches freed
+        text, ready = self.status()
+        log.info("default models %s", "loaded and ready" if ready else "not all available:\n" + text)
+
+    # --- names to sources: the one place the app resolves a model name -------------
+    def clip_source(self, name: str | None = None) -> ModelSource:
+        name = name or self.config.clip_model
+        if name == self.config.clip_model and self.config.clip_checkpoint:
+            return resolve_clip(name, self.config.clip_checkpoint)
+        if name in self.config.backbone_checkpoints:
+            path = Path(self.config.backbone_checkpoints[name])
+            return resolve_clip(name, path, display_name=f"{name} ({path.name})")
+        if not is_known_clip(name):
+            raise InputError(f"Unknown backbone '{name}'. Choose one of: {', '.join(self.clip_choices())}.")
+        return resolve_clip(name)
+
+    def sam_source(self, name: str | None = None) -> ModelSource:
+        name = name or self.config.default_sam()
+        if name not in SAM_CHECKPOINTS:
+            raise InputError(f"Unknown SAM model '{name}'. Choose one of: {', '.join(self.sam_choices())}.")
+        local = self.config.sam_checkpoint if name == self.config.default_sam() else None
+        return resolve_sam(name, local)
+
+    # --- loading ---------------------------------------------------------------
+    def _load(self, key: tuple):
+        if key[0] == "clip":
+            return self._load_clip(self.clip_source(key[1]), text_cache_dir=self.config.text_cache_dir)
+        return self._load_sam(self.sam_source(key[1]), precision=key[2])
+
+    def _future(self, key: tuple) -> Future:
+        with self._lock:
+            future = self._futures.get(key)
+            if future is not None and future.done() and future.exception() is not None:
+                if not isinstance(future.exception(), UserError):
+                    future = None  # an unexpected failure (e.g. out of memory) may pass: try again
+            if future is None:
+                future = self._executor.submit(self._load, key)
+                self._futures[key] = future
+                self._evicted.discard(key)
+            self._futures.move_to_end(key)
+            same_kind = [k for k in self._futures if k[0] == key[0]]
+            for old in same_kind[: max(0, len(same_kind) - self.config.max_loaded)]:
+                if old != key:
+                    self._futures.pop(old)
+                    self._evicted.add(old)
+            return future
+
+    def _wait(self, key: tuple, what: str, progress: Callable[[str], None] | None) -> object:
+        future = self._future(key)
+        started = time.monotonic()
+        while True:
+            try:
+                return future.result(timeout=0.5)
+            except FutureTimeout:
+                if progress is not None:
+                    progress(f"Loading {what} weights… {time.monotonic() - started:.0f} s")
+            except UserError:
+                raise
+            except Exception:
+                log.exception("loading %s failed", what)
+                raise UserError(f"Loading {what} failed on the server. Try again in a minute.") from None
+
+    def loaded(self, kind: str) -> list[tuple]:
+        """Keys of the models of `kind` the store holds (loaded or loading), least recently used first."""
+        with self._lock:
+            return [key for key in self._futures if key[0] == kind]
+
+    def clip(self, name: str | None = None, progress: Callable[[str], None] | None = None) -> ClipExplainer:
+        source = self.clip_source(name)
+        return self._wait(("clip", name or self.config.clip_model), f"CLIP {source.display_name}", progress)
+
+    def sam(self, name: str | None = None, precision: str = "fp32",
+            progress: Callable[[str], None] | None = None) -> SamSegmenter | None:
+        """The segmenter, or None when SAM is switched off."""
+        key = self.sam_key(name, precision)
+        if key is None:
+            return None
+        return self._wait(("sam", *key), f"SAM {key[0]}", progress)
+
+    def sam_key(self, name: str | None, precision: str = "fp32") -> tuple[str, str] | None:
+        """(SAM choice, precision) checked, or None when SAM is off: what a session keeps."""
+        name = name or self.config.default_sam()
+        if name == SAM_OFF or not self.config.load_sam:
+            return None
+        self.sam_source(name)  # unknown names are refused here
+        if precision not in PRECISIONS:
+            raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}.")
+        return name, precision
+
+    # --- what the page shows ---------------------------------------------------
+    def clip_display_name(self, name: str | None = None) -> str:
+        return self.clip_source(name).display_name
+
+    def sam_display_name(self, name: str | None = None) -> str | None:
+        name = name or self.config.default_sam()
+        if name == SAM_OFF or not self.config.load_sam:
+            return None
+        return self.sam_source(name).display_name
+
+    def clip_choices(self) -> list[str]:
+        return list(dict.fromkeys([self.config.clip_model, *self.config.backbone_checkpoints,
+                                   *CLIP_CHECKPOINTS, *OPENCLIP_SUGGESTED]))
+
+    def sam_choices(self) -> list[str]:
+        if not self.config.load_sam:
+            return [SAM_OFF]
+        return list(dict.fromkeys([self.config.default_sam(), *SAM_CHECKPOINTS, SAM_OFF]))
+
+    def status(self) -> tuple[str, bool]:
+        """(markdown, nothing left to wait for): one line per default model."""
+        lines, ready = [], True
+        keys = [("clip", self.config.clip_model)]
+        if self.config.load_sam:
+            keys.append(("sam", self.config.default_sam(), "fp32"))
+        for key in keys:
+            what = (f"CLIP {self.clip_display_name(key[1])}" if key[0] == "clip"
+                    else f"SAM {self.sam_display_name(key[1])}")
+            future = self._futures.get(key)
+            if future is None and key in self._evicted:
+                lines.append(f"**{what}**: unloaded to free memory; loads again when used")
+            elif future is None or not future.done():
+                lines.append(f"**{what}**: loading weights…")
+                ready = False
+            elif future.exception() is not None:
+                error = future.exception()
+                message = str(error) if isinstance(error, UserError) else "failed to load (see server log)"
+                lines.append(f"**{what}**: not available. {message}")
+                ready = False
+            else:
+                lines.append(f"**{what}**: ready")
+        return "\n\n".join(lines), ready

@@ -1,0 +1,148 @@
+"""From raw maps to what a person sees: found/not found, points, masks.
+
+Everything here is cheap and runs again on every threshold move; the models
+are not touched here: masks come from a `predict(points)` function the caller passes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import numpy as np
+
+from .results import LabelMaps, MapsResult, MaskPrediction
+from .maps import is_found, mean_of_normalised, normalise_map
+from .points import NO_POINTS, combined_points, instance_points, points_for_sam
+
+
+@dataclass(frozen=True)
+class PointOptions:
+    """How points are made from a map.
+
+    `instances`: split a plain label's strong region into connected regions, one SAM
+    call each (two birds, two masks). `positive_only`: send SAM no negative points.
+    """
+
+    instances: bool = False
+    positive_only: bool = False
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    points: np.ndarray
+    mask: MaskPrediction | None = None
+
+
+@dataclass(frozen=True)
+class LabelView:
+    """One label under one threshold: display maps in [0, 1] on the grid, points, mask(s).
+
+    `choice` overrides which of SAM's three candidates is shown (None: the best score).
+    With the instances option, `instances` holds one entry per region and `points`
+    is their union.
+    """
+
+    maps: LabelMaps
+    found: bool
+    points: np.ndarray
+    clip_display: np.ndarray
+    surgery_display: np.ndarray
+    mask: MaskPrediction | None = None
+    instances: tuple[InstanceView, ...] = ()
+    choice: int | None = None
+
+    @property
+    def text(self) -> str:
+        return self.maps.label.text
+
+    @property
+    def chosen(self) -> int | None:
+        if self.mask is None:
+            return None
+        return self.mask.best if self.choice is None else self.choice
+
+    @property
+    def chosen_mask(self) -> np.ndarray | None:
+        """The mask shown for this label: the chosen candidate, or the union of its instances."""
+        if self.instances:
+            masks = [inst.mask.mask for inst in self.instances if inst.mask is not None]
+            return np.logical_or.reduce(masks) if masks else None
+        return None if self.mask is None else self.mask.candidates[self.chosen]
+
+    @property
+    def chosen_score(self) -> float | None:
+        if self.instances:
+            scores = [inst.mask.score for inst in self.instances if inst.mask is not None]
+            return float(max(scores)) if scores else None
+        return None if self.mask is None else float(self.mask.scores[self.chosen])
+
+
+@dataclass(frozen=True)
+class Explanation:
+    maps: MapsResult
+    threshold: float | None
+    labels: tuple[LabelView, ...]
+    timings: dict[str, float] = field(default_factory=dict)
+    point_options: PointOptions = PointOptions()
+
+
+def _positives_only(points: np.ndarray) -> np.ndarray:
+    return points[points[:, 2] == 1]
+
+
+def view_label(label_maps: LabelMaps, width: int, height: int, threshold: float | None,
+               options: PointOptions = PointOptions()) -> LabelView:
+    """Threshold, display maps and SAM points for one label (no model involved)."""
+    parts = label_maps.surgery_parts
+    found = any(is_found(part, threshold) for part in parts)
+    instances: tuple[InstanceView, ...] = ()
+    if label_maps.label.is_combined:
+        points = combined_points(parts, width, height, threshold) if found else NO_POINTS.copy()
+        surgery_display = mean_of_normalised(parts, threshold)
+    else:
+        surgery_display = normalise_map(parts[0], threshold)
+        if found and options.instances:
+            regions = instance_points(parts[0], width, height, threshold)
+            if options.positive_only:
+                regions = [_positives_only(region) for region in regions]
+            instances = tuple(InstanceView(region) for region in regions)
+            points = np.concatenate(regions) if regions else NO_POINTS.copy()
+        else:
+            points = points_for_sam(parts[0], width, height, threshold) if found else NO_POINTS.copy()
+    if options.positive_only:
+        points = _positives_only(points)
+    found = found and len(points) > 0
+    return LabelView(label_maps, found, points, normalise_map(label_maps.clip_map), surgery_display,
+                     instances=instances if found else ())
+
+
+def apply_threshold(maps: MapsResult, threshold: float | None,
+                    options: PointOptions = PointOptions()) -> Explanation:
+    start = time.perf_counter()
+    views = tuple(view_label(lm, maps.width, maps.height, threshold, options) for lm in maps.labels)
+    return Explanation(maps, threshold, views, {**maps.timings, "points": time.perf_counter() - start}, options)
+
+
+def decode_masks(explanation: Explanation, predict: Callable[[np.ndarray], MaskPrediction]) -> Explanation:
+    """One SAM decoder call per found label, or per instance; an `a+b` label is one call with all its points."""
+    start = time.perf_counter()
+    views = []
+    for view in explanation.labels:
+        if not view.found:
+            views.append(view)
+        elif view.instances:
+            views.append(replace(view, instances=tuple(
+                InstanceView(inst.points, predict(inst.points)) for inst in view.instances)))
+        else:
+            views.append(replace(view, mask=predict(view.points)))
+    timings = {**explanation.timings, "sam_decode": time.perf_counter() - start}
+    return replace(explanation, labels=tuple(views), timings=timings)
+
+
+def with_choices(explanation: Explanation, choices: dict[str, int]) -> Explanation:
+    """Show another of SAM's candidates for some labels: no model involved."""
+    views = tuple(replace(view, choice=choices.get(view.text)) if view.mask is not None else view
+                  for view in explanation.labels)
+    return replace(explanation, labels=views)

@@ -1,0 +1,248 @@
+"""What an explanation looks like on disk: result.json, maps.npz and PNG overlays.
+
+The CLI writes these per image; the app zips the same files for download, so
+both give byte-for-byte the same schema.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import re
+import zipfile
+from pathlib import Path
+from typing import Callable, Hashable
+
+import numpy as np
+
+from ..method.maps import resize_map
+from ..method.views import Explanation, LabelView
+from . import coco
+from .drawing import draw_mask, draw_masks_legend, draw_points, heat_overlay, palette
+from .png import PngMemo, encode_png
+
+
+_SLUG_OK = re.compile(r"[^a-z0-9_+.-]")
+
+
+def label_slug(label: str) -> str:
+    """A safe file-name fragment for a label, at most 60 characters, never empty.
+
+    Kept as is when it is already lower-case `[a-z0-9_+.-]`, not starting with
+    '.' or '-', without '..', and short; otherwise the cleaned text gets
+    '-' and 8 hex digits of the label's SHA-1, so that distinct labels (even
+    differing only in case, for case-insensitive file systems) stay distinct.
+    """
+    label = str(label)
+    slug = _SLUG_OK.sub("_", label.lower())
+    slug = re.sub(r"\.{2,}", "_", slug)
+    slug = re.sub(r"^[.-]|\.$", "_", slug)
+    if slug == label and 0 < len(slug) <= 60:
+        return slug
+    digest = hashlib.sha1(label.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    base = re.sub(r"_{2,}", "_", slug).strip("_")[:51].rstrip("._-") or "label"
+    base = re.sub(r"^[.-]", "_", base)
+    return f"{base}-{digest}"
+
+
+def overlay_names(label: str) -> tuple[str, str, str]:
+    """File names of a label's CLIP, CLIP Surgery and points overlays (what the page's galleries show)."""
+    slug = label_slug(label)
+    return f"clip_{slug}.png", f"surgery_{slug}.png", f"points_{slug}.png"
+
+
+_POINT_ROW = re.compile(r"\[\s+(-?\d+),\s+(-?\d+),\s+(-?\d+)\s+\]")
+
+
+def format_result_json(result: dict) -> bytes:
+    """Indented JSON with each point kept on one line ([x, y, label])."""
+    text = json.dumps(result, indent=2, ensure_ascii=False)
+    return _POINT_ROW.sub(r"[\1, \2, \3]", text).encode("utf-8")
+
+
+def _mask_fields(mask: np.ndarray | None, score: float | None) -> dict:
+    if mask is None:
+        return {"mask_score": None, "mask_area": None}
+    return {"mask_score": round(float(score), 6), "mask_area": int(mask.sum())}
+
+
+def label_record(view: LabelView) -> dict:
+    record = {
+        "label": view.text,
+        "found": bool(view.found),
+        "points": [[int(x), int(y), int(lab)] for x, y, lab in view.points],
+        "presence": round(float(view.maps.presence), 6),
+        **_mask_fields(view.chosen_mask, view.chosen_score),
+    }
+    if view.mask is not None:
+        record["mask_choice"] = int(view.chosen)
+        record["mask_candidates"] = [
+            {"score": round(float(score), 6), "area": int(candidate.sum())}
+            for candidate, score in zip(view.mask.candidates, view.mask.scores)
+        ]
+    if view.instances:
+        record["instances"] = [
+            {"points": [[int(x), int(y), int(lab)] for x, y, lab in inst.points],
+             **_mask_fields(None if inst.mask is None else inst.mask.mask,
+                            None if inst.mask is None else inst.mask.score),
+             "box": None if inst.mask is None else coco.mask_box(inst.mask.mask)}
+            for inst in view.instances
+        ]
+    return record
+
+
+def result_json(explanation: Explanation, *, model: str, sam_model: str | None,
+                notes: tuple[str, ...] | list[str] = (), source_size: tuple[int, int] | None = None) -> dict:
+    """`width`/`height` (and every point) are the pixels worked on; `source_width`/`source_height`
+    the decoded image's, larger when it was scaled down (`source_size` = (height, width))."""
+    maps = explanation.maps
+    source_height, source_width = source_size or (maps.height, maps.width)
+    return {
+        "width": maps.width,
+        "height": maps.height,
+        "source_width": source_width,
+        "source_height": source_height,
+        "labels": [label_record(view) for view in explanation.labels],
+        "model": model,
+        "sam_model": sam_model,
+        "resolution": maps.options.resolution,
+        "redundancy": maps.options.redundancy,
+        "threshold": explanation.threshold,
+        "instances": explanation.point_options.instances,
+        "positive_only": explanation.point_options.positive_only,
+        "notes": list(notes),
+    }
+
+
+def maps_arrays(explanation: Explanation, with_masks: bool) -> dict[str, np.ndarray]:
+    maps = explanation.maps
+    arrays = {
+        "clip": np.stack([lm.clip_map for lm in maps.labels]).astype(np.float32),
+        "surgery": np.stack([lm.surgery_map for lm in maps.labels]).astype(np.float32),
+    }
+    if with_masks:
+        empty = np.zeros((maps.height, maps.width), dtype=bool)
+        arrays["masks"] = np.stack([v.chosen_mask if v.chosen_mask is not None else empty
+                                    for v in explanation.labels])
+    return arrays
+
+
+Drawing = tuple[str, Hashable, Callable[[], np.ndarray]]
+
+
+def _digest(array: np.ndarray) -> tuple:
+    """A short content key for an array (shape, dtype and bytes)."""
+    array = np.ascontiguousarray(array)
+    return array.shape, array.dtype.str, hashlib.blake2b(array.data, digest_size=16).digest()
+
+
+def overlay_drawings(image_rgb: np.ndarray, explanation: Explanation, with_masks: bool) -> list[Drawing]:
+    """(file name, key, draw) for every overlay PNG: `draw()` makes the RGB image, and `key` names
+    everything it depends on besides `image_rgb`, so equal keys on one image draw equal pictures."""
+    height, width = image_rgb.shape[:2]
+    drawings: list[Drawing] = []
+
+    def heat(display: np.ndarray) -> Drawing:
+        return ("heat", _digest(display)), lambda: heat_overlay(image_rgb, resize_map(display, height, width))
+
+    for view in explanation.labels:
+        clip_name, surgery_name, points_name = overlay_names(view.text)
+        drawings.append((clip_name, *heat(view.clip_display)))
+        drawings.append((surgery_name, *heat(view.surgery_display)))
+        drawings.append((points_name, ("points", _digest(view.points)),
+                         functools.partial(draw_points, image_rgb, view.points)))
+    if with_masks:
+        colours = palette(len(explanation.labels))
+        for view, colour in zip(explanation.labels, colours):
+            if view.chosen_mask is not None:
+                slug = label_slug(view.text)
+                mask_key = _digest(view.chosen_mask)
+                drawings.append((f"sam_{slug}.png", ("sam", mask_key, _digest(view.points), colour),
+                                 functools.partial(draw_mask, image_rgb, view.chosen_mask, view.points, colour)))
+                drawings.append((f"mask_{slug}.png", ("mask", mask_key),
+                                 functools.partial(binary_mask_image, view.chosen_mask)))
+                for number, inst in enumerate(view.instances, start=1):
+                    if inst.mask is not None:
+                        drawings.append((f"mask_{slug}_{number}.png", ("mask", _digest(inst.mask.mask)),
+                                         functools.partial(binary_mask_image, inst.mask.mask)))
+        names, masks = mask_layers(explanation)
+        legend_key = ("legend", tuple(names), tuple(None if m is None else _digest(m) for m in masks))
+        drawings.append(("masks.png", legend_key, functools.partial(draw_masks_legend, image_rgb, masks, names)))
+    return drawings
+
+
+def overlay_images(image_rgb: np.ndarray, explanation: Explanation, with_masks: bool) -> dict[str, np.ndarray]:
+    """File name -> RGB image, for every PNG the CLI writes."""
+    return {name: draw() for name, _, draw in overlay_drawings(image_rgb, explanation, with_masks)}
+
+
+def mask_layers(explanation: Explanation) -> tuple[list[str], list[np.ndarray | None]]:
+    """One legend entry per label, or per instance (numbered) when instances are split."""
+    names: list[str] = []
+    masks: list[np.ndarray | None] = []
+    for view in explanation.labels:
+        if view.instances:
+            for number, inst in enumerate(view.instances, start=1):
+                names.append(f"{view.text} #{number}")
+                masks.append(None if inst.mask is None else inst.mask.mask)
+        else:
+            names.append(view.text)
+            masks.append(view.chosen_mask)
+    return names, masks
+
+
+def binary_mask_image(mask: np.ndarray) -> np.ndarray:
+    """White-on-black RGB image of a mask (what the zip's mask PNGs hold)."""
+    return np.repeat((np.asarray(mask, dtype=np.uint8) * 255)[:, :, None], 3, axis=2)
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, with_masks: bool,
+                 coco_file_name: str | None = None, memo: PngMemo | None = None) -> dict[str, bytes]:
+    """Every output file's name and bytes; `coco_file_name` adds coco.json for that image file, whose
+    size result["source_width"/"source_height"] gives."""
+    files = {
+        "result.json": format_result_json(result),
+        "maps.npz": _npz_bytes(maps_arrays(explanation, with_masks)),
+    }
+    if coco_file_name is not None:
+        document = coco.coco_document(explanation, coco_file_name, (result["source_height"], result["source_width"]))
+        files["coco.json"] = json.dumps(document, ensure_ascii=False).encode("utf-8")
+    files.update(overlay_pngs(image_rgb, explanation, with_masks, memo))
+    return files
+
+
+def overlay_pngs(image_rgb: np.ndarray, explanation: Explanation, with_masks: bool,
+                 memo: PngMemo | None = None) -> dict[str, bytes]:
+    """`overlay_images`, PNG-encoded (through `memo` when given): what the page shows and the zip
+    holds are the same files."""
+    drawings = overlay_drawings(image_rgb, explanation, with_masks)
+    if memo is None:
+        return {name: encode_png(draw()) for name, _, draw in drawings}
+    return {name: memo.png(key, draw) for name, key, draw in drawings}
+
+
+def write_outputs(directory: Path, files: dict[str, bytes]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, payload in files.items():
+        (directory / name).write_bytes(payload)
+
+
+def zip_outputs(files: dict[str, bytes]) -> bytes:
+    """The files as one zip: PNGs (and the already compressed npz) stored, text deflated.
+
+    Deflating PNG data again gains nothing and costs time on every Run.
+    """
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, payload in files.items():
+            packed = name.endswith((".png", ".npz"))
+            archive.writestr(name, payload, compress_type=zipfile.ZIP_STORED if packed else zipfile.ZIP_DEFLATED)
+    return buffer.getvalue()

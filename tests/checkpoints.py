@@ -1,0 +1,75 @@
+"""Random SAM checkpoints in the real file formats, for tests and benchmarks.
+
+Real weights can never be downloaded here, so tests and benchmarks write a
+deterministic random checkpoint of a chosen architecture to disk and load it
+through the same loading path the app uses.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from surgery.sam.architecture import VIT_B_ARCH, SamArchitecture, make_sam
+
+__all__ = ["VIT_B_ARCH", "SMALL_ARCH", "random_sam_state_dict", "write_random_sam_checkpoint"]
+
+# Small but structurally complete: 16×16 token grid, window 5 (so windows are
+# padded, 16 → 20), two windowed and two global blocks.
+SMALL_ARCH = SamArchitecture(
+    encoder_embed_dim=64, encoder_depth=4, encoder_num_heads=2,
+    encoder_global_attn_indexes=(1, 3), window_size=5, img_size=256,
+    out_chans=32, mask_in_chans=8, decoder_mlp_dim=64, iou_head_hidden_dim=32,
+)
+
+
+def random_sam_state_dict(arch: SamArchitecture, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A float32 state dict of this architecture with reproducible random values.
+
+    Every floating tensor is redrawn, including those SAM initialises to
+    zeros/ones (relative-position tables, absolute position embedding, norms),
+    so every code path carries signal. Scales keep activations O(1).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):  # shapes only
+        template = make_sam(arch).state_dict()
+    weights: dict[str, torch.Tensor] = {}
+    for name, tensor in template.items():
+        if not tensor.is_floating_point():  # none in SAM today; keep any such tensor well-defined
+            weights[name] = torch.zeros(tensor.shape, dtype=tensor.dtype)
+            continue
+        noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
+        if name.endswith("positional_encoding_gaussian_matrix"):
+            value = noise  # SAM's own init: standard normal
+        elif tensor.ndim == 1 and name.endswith(".weight"):
+            value = 1.0 + 0.1 * noise  # norm gains (SAM's only 1-D weights)
+        elif tensor.ndim == 1:
+            value = 0.02 * noise  # biases and norm shifts
+        elif "rel_pos" in name:
+            value = 0.5 * noise  # large enough to move the attention
+        elif name.endswith("pos_embed"):
+            value = 0.1 * noise
+        else:
+            fan_in = math.prod(tensor.shape[1:]) if tensor.ndim > 1 else 1
+            if ".output_upscaling." in name and tensor.ndim == 4:  # ConvTranspose: (in, out, k, k)
+                fan_in = tensor.shape[0]
+            value = noise / math.sqrt(max(1, fan_in))
+        weights[name] = value.contiguous()
+    return weights
+
+
+def write_random_sam_checkpoint(path: str | os.PathLike, arch: SamArchitecture, seed: int = 0) -> Path:
+    """Save a random SAM of `arch` as `.safetensors` or as a torch state dict (.pth/.pt/.bin)."""
+    path = Path(path)
+    weights = random_sam_state_dict(arch, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(weights, str(path))
+    else:
+        torch.save(weights, str(path))
+    return path

@@ -1,0 +1,112 @@
+"""Parity with the reference CLIP Surgery outputs (tests/data/parity, made by the reference code)
+and with an independent port of the reference arithmetic at other resolutions and modes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from open_clip.tokenizer import SimpleTokenizer
+
+import reference_impl as ref
+from conftest import PARITY, points_match
+from surgery.method.results import MapOptions
+from surgery.method.labels import parse_labels
+from surgery.method.points import combined_points, points_for_sam
+from surgery.method.prompts import background_vocabulary, prompt_templates
+
+MAP_TOLERANCE = 1e-5
+
+
+def product_maps(explainer, rocket, labels: str, redundancy: str, resolution: int):
+    parsed = parse_labels(labels)
+    return explainer.compute_maps(rocket, parsed.labels, MapOptions(resolution=resolution, redundancy=redundancy))
+
+
+@pytest.mark.parametrize("case_index", [0, 1, 2])
+def test_fixture_parity(explainer, rocket, parity_cases, parity_maps, case_index):
+    case = parity_cases[case_index]
+    mode = {"labels": "labels", "empty": "empty", "combined": "empty"}[case["mode"]]
+    result = product_maps(explainer, rocket, ", ".join(case["labels"]), mode, case["resolution"])
+    assert result.grid == case["grid"]
+    assert [result.width, result.height] == case["size"]
+    surgery = np.stack([lm.surgery_map for lm in result.labels])
+    reference_surgery = parity_maps.get(f"case{case_index}_surgery")
+    if reference_surgery is not None:
+        np.testing.assert_allclose(surgery, reference_surgery, atol=MAP_TOLERANCE, rtol=0)
+    if f"case{case_index}_clip" in parity_maps:
+        clip = np.stack([lm.clip_map for lm in result.labels])
+        np.testing.assert_allclose(clip, parity_maps[f"case{case_index}_clip"], atol=MAP_TOLERANCE, rtol=0)
+    W, H = case["size"]
+    for lm in result.labels:
+        if lm.label.is_combined:
+            points = combined_points(lm.surgery_parts, W, H)
+        else:
+            points = points_for_sam(lm.surgery_parts[0], W, H)
+        assert points_match(points, case["points"][lm.label.text]), lm.label.text
+
+
+@pytest.fixture(scope="module")
+def oracle(explainer):
+    return explainer.model, SimpleTokenizer()
+
+
+_TEXT_CACHE: dict = {}
+
+
+def cached_text(oracle, texts):
+    model, tokenizer = oracle
+    key = tuple(texts)
+    if key not in _TEXT_CACHE:
+        _TEXT_CACHE[key] = ref.text_features(model, tokenizer, texts, list(prompt_templates()))
+    return _TEXT_CACHE[key]
+
+
+def oracle_maps(oracle, resolution, texts, redundancy):
+    model, tokenizer = oracle
+    pixels, shape = ref.preprocess(str(PARITY / "rocket.png"), resolution)
+    surgery_feats, original_feats = ref.image_features(model, pixels)
+    if redundancy == "vocab":
+        union = list(dict.fromkeys(texts + list(background_vocabulary())))
+        sim = ref.clip_feature_surgery(surgery_feats, cached_text(oracle, union))[:, :, : len(texts)]
+    elif redundancy == "labels":
+        sim = ref.clip_feature_surgery(surgery_feats, cached_text(oracle, texts))
+    else:
+        sim = ref.clip_feature_surgery(surgery_feats, cached_text(oracle, texts), cached_text(oracle, [""]))
+    clip = original_feats @ cached_text(oracle, texts).t()
+    return sim[0, 1:], clip[0, 1:], shape
+
+
+def test_oracle_reproduces_fixture(oracle, parity_cases, parity_maps):
+    """The oracle itself matches the reference outputs, so it can vouch for other settings."""
+    case = parity_cases[0]
+    sim, clip, shape = oracle_maps(oracle, 224, case["labels"], "labels")
+    g = case["grid"]
+    np.testing.assert_allclose(sim.T.reshape(-1, g, g).numpy(), parity_maps["case0_surgery"], atol=MAP_TOLERANCE)
+    np.testing.assert_allclose(clip.T.reshape(-1, g, g).numpy(), parity_maps["case0_clip"], atol=MAP_TOLERANCE)
+    for k, label in enumerate(case["labels"]):
+        assert points_match(ref.labelled_points(sim[:, k], shape), case["points"][label])
+
+
+@pytest.mark.parametrize("resolution,redundancy", [
+    (336, "labels"), (448, "labels"), (512, "labels"), (512, "vocab"), (224, "vocab"), (336, "empty"),
+])
+def test_matches_oracle_at_other_settings(explainer, rocket, oracle, resolution, redundancy):
+    texts = ["rocket", "smoke", "sky"] if redundancy != "empty" else ["rocket"]
+    sim, clip, shape = oracle_maps(oracle, resolution, texts, redundancy)
+    result = product_maps(explainer, rocket, ", ".join(texts), redundancy, resolution)
+    g = resolution // 16
+    assert result.grid == g
+    np.testing.assert_allclose(np.stack([lm.surgery_map for lm in result.labels]),
+                               sim.T.reshape(-1, g, g).numpy(), atol=MAP_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(np.stack([lm.clip_map for lm in result.labels]),
+                               clip.T.reshape(-1, g, g).numpy(), atol=MAP_TOLERANCE, rtol=0)
+    for k, lm in enumerate(result.labels):
+        expected = ref.labelled_points(sim[:, k], shape)
+        assert points_match(points_for_sam(lm.surgery_parts[0], result.width, result.height), expected)
+
+
+def test_vocab_mode_differs_from_labels_mode(explainer, rocket):
+    """Guards against the vocabulary silently not being used."""
+    vocab = product_maps(explainer, rocket, "rocket, smoke", "vocab", 224)
+    labels = product_maps(explainer, rocket, "rocket, smoke", "labels", 224)
+    assert np.abs(vocab.labels[0].surgery_map - labels.labels[0].surgery_map).max() > 1e-3

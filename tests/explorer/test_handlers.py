@@ -1,0 +1,252 @@
+"""The app's handlers driven directly, without a server: upload pre-encode, Run, a threshold move,
+a mask-candidate choice, and the model store's lifetime rules (sessions hold names, not models)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from explorer import session as S
+from explorer.handlers import GENERIC_ERROR, Handlers
+from explorer.model_store import ModelConfig, ModelStore
+from surgery.loading import load_clip, load_segmenter
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+TINY_CLIP = DATA / "parity" / "weights.safetensors"
+TINY_CLIP_RN = DATA / "parity-rn" / "weights.safetensors"
+TINY_SAM = DATA / "sam_tiny.safetensors"
+ROCKET = Path(__file__).resolve().parents[2] / "assets" / "rocket.jpg"
+
+
+class CallLog(logging.Handler):
+    """Collects the engine's one-line-per-model-call log ("surgery.calls")."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+
+@pytest.fixture()
+def calls():
+    handler = CallLog()
+    logger = logging.getLogger("surgery.calls")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+
+
+def make_store(tmp_path: Path, **overrides) -> ModelStore:
+    config = dict(clip_model="ViT-B/16", clip_checkpoint=TINY_CLIP, sam_model="vit_b", sam_checkpoint=TINY_SAM,
+                  text_cache_dir=tmp_path / "text")
+    config.update(overrides)
+    store = ModelStore(ModelConfig(**config))
+    store.start()
+    return store
+
+
+@pytest.fixture()
+def handlers(tmp_path):
+    store = make_store(tmp_path)
+    yield Handlers(store, tmp_path / "served")
+    store.close()
+
+
+def rocket_upload() -> PIL.Image.Image:
+    image = PIL.Image.open(ROCKET)
+    image.load()
+    return image
+
+
+def run_all(handlers: Handlers, image, labels="rocket, smoke, giraffe", threshold=0.0, sam="vit_b", **options):
+    return list(handlers.run(image, labels, threshold, "ViT-B/16", 224, "vocab", sam, "fp32", **options))
+
+
+def test_upload_pre_encode_makes_run_encode_nothing(handlers, calls):
+    image = rocket_upload()
+    assert handlers.pre_encode(image, "ViT-B/16", 224, "vit_b", "fp32") is None
+    assert calls.count("CLIP image encoder") == 1 and calls.count("SAM image encoder") == 1
+    yields = run_all(handlers, image)
+    assert calls.count("CLIP image encoder") == 1 and calls.count("SAM image encoder") == 1  # Run reused both
+    assert len(yields) == 2  # heatmaps first, then the masks
+    result = json.loads(Path(yields[-1][6]).read_text())
+    assert [entry["label"] for entry in result["labels"]] == ["rocket", "smoke", "giraffe"]
+    assert all(entry["mask_area"] is not None for entry in result["labels"] if entry["found"])
+
+
+def test_run_threshold_move_and_candidate_choice(handlers, calls):
+    image = rocket_upload()
+    first, final = run_all(handlers, image)
+    heatmaps, points, masks, histograms, summary, zip_path, json_path, state, slider, pick = final
+    assert first[5] is None and first[6] is None  # no downloads until SAM is done
+    assert "computing…" in first[4] and "computing…" not in summary
+    assert [caption for _, caption in heatmaps][:2] == ["CLIP · rocket", "CLIP Surgery · rocket"]
+    assert len(heatmaps) == 6 and len(points) == 3 and len(histograms) == 3
+    assert isinstance(state, S.SessionState) and state.sam_key == ("vit_b", "fp32")
+    assert pick["choices"] == ["rocket", "smoke", "giraffe"]
+    assert Path(zip_path).is_file()
+
+    encoders = calls.count("image encoder")
+    top = max(float(lm.surgery_parts.max()) for lm in state.maps.labels)
+    moved = handlers.rethreshold(state, top + 0.01)  # above every value: nothing found
+    assert calls.count("image encoder") == encoders
+    moved_result = json.loads(Path(moved[6]).read_text())
+    assert moved_result["threshold"] == pytest.approx(top + 0.01)
+    assert not any(entry["found"] for entry in moved_result["labels"]) and "**Found:** none" in moved[4]
+
+    back = handlers.rethreshold(state, 0)
+    decodes = calls.count("SAM mask decoder")
+    chosen = handlers.choose_mask(state, 0, "rocket", "3")
+    assert calls.count("SAM mask decoder") == decodes  # a candidate choice decodes nothing
+    rocket = json.loads(Path(chosen[6]).read_text())["labels"][0]
+    assert rocket["mask_choice"] == 2 and "(candidate 3)" in chosen[4]
+    assert rocket["mask_area"] == rocket["mask_candidates"][2]["area"]
+    assert handlers.shown_candidate(state, "rocket")["value"] == "3"
+    best = json.loads(Path(handlers.choose_mask(state, 0, "rocket", "best")[6]).read_text())["labels"][0]
+    assert best["mask_choice"] == int(np.argmax([c["score"] for c in best["mask_candidates"]]))
+    assert json.loads(Path(back[6]).read_text())["threshold"] is None
+
+
+def test_threshold_meaning_is_the_same_as_the_cli(handlers):
+    """0: off; a positive number: applied; negative: refused (as `python -m surgery explain --threshold`)."""
+    import gradio as gr
+
+    image = rocket_upload()
+    off = json.loads(Path(run_all(handlers, image, threshold=0, sam="off")[-1][6]).read_text())
+    assert off["threshold"] is None and all(entry["found"] for entry in off["labels"])
+    applied = json.loads(Path(run_all(handlers, image, threshold=9.5, sam="off")[-1][6]).read_text())
+    assert applied["threshold"] == 9.5 and not any(entry["found"] for entry in applied["labels"])
+    with pytest.raises(gr.Error, match=r"from 0 \(off\) to 10; got -0.5"):
+        run_all(handlers, image, threshold=-0.5, sam="off")
+
+
+def test_suggest_needs_a_run_and_a_map_that_is_not_flat(handlers):
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="Run first"):
+        handlers.suggest(None)
+    state = run_all(handlers, rocket_upload(), sam="off")[-1][7]
+    value = handlers.suggest(state)["value"]
+    values = np.concatenate([lm.surgery_parts.ravel() for lm in state.maps.labels])
+    assert values.min() < value < values.max()
+    flat = S.SessionState(state.image_rgb, state.maps, "tiny", None, None, None, ())
+    flat.maps = type(state.maps)(state.maps.width, state.maps.height, state.maps.grid, state.maps.options,
+                                 tuple(type(lm)(lm.label, lm.clip_map, lm.surgery_map,
+                                                np.zeros_like(lm.surgery_parts), lm.presence)
+                                       for lm in state.maps.labels))
+    with pytest.raises(gr.Error, match="flat"):
+        handlers.suggest(flat)
+
+
+def test_an_unexpected_error_is_a_generic_message_and_a_logged_traceback(handlers, caplog):
+    """A failure after the first yield (SAM failing once the heatmaps are shown) reaches the page as
+    the generic message, and the log keeps the full traceback."""
+    import gradio as gr
+
+    segmenter = handlers.store.sam("vit_b", "fp32")
+    original = segmenter.embed
+
+    def broken(image_rgb):
+        raise RuntimeError("simulated failure inside SAM")
+
+    segmenter.embed = broken
+    try:
+        steps = handlers.run(rocket_upload(), "rocket", 0, "ViT-B/16", 224, "vocab", "vit_b", "fp32")
+        heatmaps_first = next(steps)
+        assert "computing…" in heatmaps_first[4]
+        with caplog.at_level(logging.ERROR, logger="app"), pytest.raises(gr.Error) as raised:
+            next(steps)
+    finally:
+        segmenter.embed = original
+    assert str(raised.value.message) == GENERIC_ERROR
+    assert "simulated failure inside SAM" in caplog.text and "Traceback" in caplog.text
+
+
+def test_masks_that_arrive_follow_a_threshold_moved_while_sam_works(handlers):
+    """A move made during Run's SAM step is the one the masks are made for (held with an event)."""
+    segmenter = handlers.store.sam("vit_b", "fp32")
+    original = segmenter.embed
+    release, encoding = threading.Event(), threading.Event()
+
+    def held(image_rgb):
+        encoding.set()
+        assert release.wait(60)
+        return original(image_rgb)
+
+    segmenter.embed = held
+    try:
+        steps = handlers.run(rocket_upload(), "rocket, smoke", 0, "ViT-B/16", 224, "vocab", "vit_b", "fp32")
+        first = next(steps)
+        state = first[7]
+        finished = []
+        runner = threading.Thread(target=lambda: finished.append(next(steps)))
+        runner.start()
+        assert encoding.wait(60)
+        top = max(float(lm.surgery_parts.max()) for lm in state.maps.labels)
+        moved = handlers.rethreshold(state, top + 0.01)  # while SAM encodes: shown as computing…
+        assert moved[5] is None and not any(view.found for view in S.rerender(state, top + 0.01, None).labels)
+        release.set()
+        runner.join(60)
+    finally:
+        segmenter.embed = original
+    result = json.loads(Path(finished[0][6]).read_text())
+    assert result["threshold"] == pytest.approx(top + 0.01)
+    assert not any(entry["found"] for entry in result["labels"])
+
+
+def test_an_evicted_model_is_freed_and_sessions_ask_the_store_again(tmp_path, calls):
+    """Sessions hold names: a model evicted from the store is really freed, the status line does not
+    say "loading" forever, and an old session's threshold move loads SAM again and still works."""
+    store = make_store(tmp_path, max_loaded=1, backbone_checkpoints={"RN50": TINY_CLIP_RN})
+    handlers = Handlers(store, tmp_path / "served")
+    try:
+        state = run_all(handlers, rocket_upload(), labels="rocket, smoke")[-1][7]
+        default_clip = weakref.ref(store.clip("ViT-B/16"))
+        default_sam = weakref.ref(store.sam("vit_b", "fp32"))
+        store.clip("RN50")  # the one CLIP slot goes to RN50
+        try:  # the one SAM slot goes to vit_b in bf16 (loaded, or refused where the CPU lacks bf16)
+            store.sam("vit_b", "bf16")
+        except Exception:  # noqa: BLE001 - either way the fp32 model was evicted
+            pass
+        gc.collect()
+        assert default_clip() is None and default_sam() is None
+        text, ready = store.status()
+        assert ready and "loading" not in text and text.count("unloaded to free memory") == 2
+        encodings = calls.count("SAM image encoder")
+        moved = json.loads(Path(handlers.rethreshold(state, 0)[6]).read_text())
+        assert calls.count("SAM image encoder") == encodings + 1  # the reloaded SAM embeds the image again
+        assert all(entry["mask_area"] is not None for entry in moved["labels"] if entry["found"])
+        assert f"**SAM {TINY_SAM.name}**: ready" in store.status()[0]
+    finally:
+        store.close()
+
+
+def test_a_slow_load_reports_progress_while_it_waits(tmp_path):
+    """The loading wait catches concurrent.futures' timeout (a different class before Python 3.11)."""
+    def slow_clip(*args, **kwargs):
+        time.sleep(1.6)
+        return load_clip(*args, **kwargs)
+
+    store = ModelStore(ModelConfig(clip_checkpoint=TINY_CLIP, load_sam=False), loaders=(slow_clip, load_segmenter))
+    messages: list[str] = []
+    try:
+        explainer = store.clip(progress=messages.append)
+    finally:
+        store.close()
+    assert explainer.name == TINY_CLIP.name
+    assert len(messages) >= 2 and all(m.startswith(f"Loading CLIP {TINY_CLIP.name} weights…") for m in messages)
