@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,10 +83,14 @@ def test_the_engine_has_no_gradio_and_its_layers_point_one_way():
 def test_pip_install_gives_the_package_and_the_cli_command(tmp_path):
     """`pip install .` (no dependencies: they are this venv's) into a fresh prefix, then run from
     outside the clone: the installed package (with its data files) and the console command work."""
+    clone = tmp_path / "clone"  # what a clone holds for the build, so no build files land in this one
+    shutil.copytree(ROOT / "surgery", clone / "surgery", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, clone / name)
     prefix = tmp_path / "prefix"
     installed = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--prefix", str(prefix), str(ROOT)], capture_output=True, text=True, timeout=600)
+         "--prefix", str(prefix), str(clone)], capture_output=True, text=True, timeout=600)
     assert installed.returncode == 0, installed.stderr
     site = next(prefix.glob("lib/python3*/site-packages"))
     assert (site / "surgery" / "method" / "prompt_templates.txt").is_file()
