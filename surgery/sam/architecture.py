@@ -4,7 +4,7 @@
 with an unsafe `torch.load`. Here the architecture is read from the tensor
 shapes of the state dict instead, so any SAM-layout checkpoint (the official
 files, fine-tunes with other depths or image sizes, the small random ones the
-tests write) is built the same way, read only through `surgery.weights`, and
+tests write) is built the same way, read only through `surgery.hub.state_dict`, and
 loaded strictly: a checkpoint that does not fit is a `CheckpointError`, never
 silently half-loaded.
 """

@@ -1,4 +1,4 @@
-"""SAM prompt points (ALGORITHM.md §6), map normalisation with a threshold (§5), and
+"""SAM prompt points (docs/method.md §6), map normalisation with a threshold (§5), and
 `explain.view_label`, on raw maps built by hand so every expectation is worked out here.
 
 Helper facts used throughout:
