@@ -59,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--threshold", type=_threshold, default=None, metavar="T",
                          help="raw CLIP Surgery similarity below which a region counts as no evidence; "
                               "0 means off, as in the app (default: off)")
-    explain.add_argument("--redundancy", choices=REDUNDANCY_MODES, default=DEFAULT_REDUNDANCY)
+    explain.add_argument("--redundancy", choices=REDUNDANCY_MODES, default=DEFAULT_REDUNDANCY,
+                         help="what feature surgery subtracts: the 59-class background vocabulary with your labels "
+                              "(vocab, default), your other labels (labels), or the empty prompt (empty)")
     explain.add_argument("--model", default=DEFAULT_CLIP,
                          help=f"{', '.join(CLIP_CHECKPOINTS)} or an open_clip MODEL:TAG (default {DEFAULT_CLIP})")
     explain.add_argument("--clip-checkpoint", type=Path, help="local CLIP state dict (.safetensors/.pt/.bin)")
@@ -67,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--sam-model", choices=list(SAM_CHECKPOINTS), default=None,
                          help="SAM size (default vit_b; vit_h where the models run on a GPU)")
     explain.add_argument("--sam-checkpoint", type=Path, help="local SAM state dict (.pth/.safetensors)")
-    explain.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    explain.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                         help="image encoders in float32 (default) or bfloat16 where the CPU runs it natively")
     explain.add_argument("--instances", action="store_true",
                          help="split each label's strong region into connected instances, one mask each")
     explain.add_argument("--positive-only", action="store_true", help="send SAM positive points only")
@@ -98,6 +101,14 @@ def _unique_stem(path: Path, used: set[str]) -> str:
         candidate, n = f"{stem}-{n}", n + 1
     used.add(candidate)
     return candidate
+
+
+def image_report(path: Path, directory: Path, explanation) -> str:
+    """One stdout line per explained image: where its files went and what was found."""
+    found = [view.text for view in explanation.labels if view.found]
+    missing = [view.text for view in explanation.labels if not view.found]
+    return (f"{path.name} -> {directory}: found {', '.join(found) or 'none'}"
+            + (f"; not found {', '.join(missing)}" if missing else ""))
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -136,7 +147,9 @@ def run_explain(args: argparse.Namespace) -> int:
                              source_size=working.source_size)
         files = output_files(image, explanation, result, with_masks=segmenter is not None,
                              coco_file_name=path.name if args.format == "coco" else None)
-        write_outputs(args.out / _unique_stem(path, used), files)
+        directory = args.out / _unique_stem(path, used)
+        write_outputs(directory, files)
+        tqdm.write(image_report(path, directory, explanation))
         release_freed_memory()  # each image's encoder buffers, before the next image's
     return 2 if failures else 0
 

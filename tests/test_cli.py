@@ -135,6 +135,8 @@ def check_image_outputs(directory: Path, size: tuple[int, int]) -> dict:
             with Image.open(directory / f"{kind}_{label_slug(label)}.png") as png:
                 assert png.format == "PNG"
                 assert png.size == (width, height)
+        with Image.open(directory / f"hist_{label_slug(label)}.png") as png:
+            assert png.format == "PNG"
     assert not list(directory.glob("sam_*.png")) and not (directory / "masks.png").exists()  # --no-sam
     return result
 
@@ -186,10 +188,25 @@ def test_unreadable_files_exit_2_with_one_error_line_each(runs):
     assert not any((batch.out / stem).exists() for stem in ("bad", "empty", "missing"))
 
 
-def test_progress_goes_to_stderr_not_stdout(runs):
+def test_progress_goes_to_stderr_and_one_line_per_image_to_stdout(runs):
     batch = runs["batch"]
-    assert batch.stdout.strip() == ""
-    assert "explaining" in batch.stderr
+    assert "explaining" in batch.stderr and "explaining" not in batch.stdout
+    lines = batch.stdout.strip().splitlines()
+    explained = sorted(p.name for p in batch.out.iterdir())
+    assert len(lines) == len(explained), batch.stdout
+    for stem in explained:
+        line = next(line for line in lines if f"{batch.out / stem}:" in line)
+        result = json.loads((batch.out / stem / "result.json").read_text(encoding="utf-8"))
+        found = [entry["label"] for entry in result["labels"] if entry["found"]]
+        assert f"found {', '.join(found) or 'none'}" in line
+
+
+def test_every_option_has_help():
+    from surgery.cli import build_parser
+
+    explain = build_parser()._subparsers._group_actions[0].choices["explain"]
+    undocumented = [action.dest for action in explain._actions if not action.help]
+    assert undocumented == []
 
 
 # --- threshold -------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from ..method.maps import resize_map
 from ..method.views import Explanation, LabelView
 from . import coco
 from .drawing import draw_mask, draw_masks_legend, draw_points, heat_overlay, palette
+from .histogram import histogram_image
 from .png import PngMemo, encode_png
 
 
@@ -206,8 +207,9 @@ def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, with_masks: bool,
                  coco_file_name: str | None = None, memo: PngMemo | None = None) -> dict[str, bytes]:
-    """Every output file's name and bytes; `coco_file_name` adds coco.json for that image file, whose
-    size result["source_width"/"source_height"] gives."""
+    """Every output file's name and bytes (result.json, maps.npz, the overlays and histograms);
+    `coco_file_name` adds coco.json for that image file, whose size result["source_width"/"source_height"]
+    gives."""
     files = {
         "result.json": format_result_json(result),
         "maps.npz": _npz_bytes(maps_arrays(explanation, with_masks)),
@@ -216,7 +218,17 @@ def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, 
         document = coco.coco_document(explanation, coco_file_name, (result["source_height"], result["source_width"]))
         files["coco.json"] = json.dumps(document, ensure_ascii=False).encode("utf-8")
     files.update(overlay_pngs(image_rgb, explanation, with_masks, memo))
+    for name, key, draw in histogram_drawings(explanation):
+        files[name] = encode_png(draw()) if memo is None else memo.png(key, draw)
     return files
+
+
+def histogram_drawings(explanation: Explanation) -> list[Drawing]:
+    """(file name, key, draw) of each label's histogram of raw CLIP Surgery values, threshold marked."""
+    return [(f"hist_{label_slug(view.text)}.png", ("hist", _digest(view.maps.surgery_parts), explanation.threshold),
+             functools.partial(histogram_image, view.maps.surgery_parts, explanation.threshold,
+                               title=f"raw CLIP Surgery · {view.text}"))
+            for view in explanation.labels]
 
 
 def overlay_pngs(image_rgb: np.ndarray, explanation: Explanation, with_masks: bool,
