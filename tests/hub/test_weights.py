@@ -2,43 +2,263 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import subprocess
 import sys
+import threading
+import time
+import urllib.parse
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_CLIP
+from hub_cache import COMMIT, offline_env, place_in_hub_cache
 from safetensors.torch import save_file
 
-from conftest import TINY_CLIP
-from hub_cache import offline_env, place_in_hub_cache
 from surgery.clip.architecture import build_clip
 from surgery.errors import CheckpointError
-from surgery.hub.registry import CLIP_CHECKPOINTS, SAM_CHECKPOINTS
 from surgery.hub.download import file_sha256
+from surgery.hub.registry import CLIP_CHECKPOINTS, SAM_CHECKPOINTS, SAM_REPO
 from surgery.hub.state_dict import load_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]
+TINY_SAM = ROOT / "tests" / "data" / "sam_tiny.safetensors"
 
 
-def run_download(env: dict, entry: str) -> subprocess.CompletedProcess:
+def run_entry(env: dict, entry: str) -> subprocess.CompletedProcess:
+    """`download_checkpoint(<entry>)` in a fresh interpreter (huggingface_hub reads its environment
+    at import); `entry` is a Python expression over the registry tables and `HubCheckpoint`."""
     code = (
         "import sys\n"
-        "from surgery.hub.registry import CLIP_CHECKPOINTS\n"
+        "from surgery.hub.registry import CLIP_CHECKPOINTS, SAM_CHECKPOINTS, HubCheckpoint\n"
         "from surgery.hub.download import download_checkpoint\n"
         "from surgery.errors import UserError\n"
         "try:\n"
-        f"    print(download_checkpoint(CLIP_CHECKPOINTS[{entry!r}]))\n"
+        f"    print(download_checkpoint({entry}))\n"
         "except UserError as exc:\n"
         "    print('USERERROR', type(exc).__name__, exc); sys.exit(3)\n"
     )
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
 
 
-def test_registry_pins_default_checksum_and_sam_prefixes():
-    assert CLIP_CHECKPOINTS["ViT-B/16"].sha256 == "4b8699299b1e8997753c64b052ba32031449d5d853f55a039148560ee02b820f"
-    for name, entry in SAM_CHECKPOINTS.items():
-        assert entry.sha256_prefix and entry.sha256_prefix in entry.filename
+def run_download(env: dict, entry: str) -> subprocess.CompletedProcess:
+    return run_entry(env, f"CLIP_CHECKPOINTS[{entry!r}]")
+
+
+# --- a local stand-in for the Hugging Face Hub's file endpoint ----------------------------------
+
+class FakeHub:
+    """Answers huggingface_hub's `HEAD`/`GET {endpoint}/{repo_id}/resolve/{revision}/{filename}` the
+    way the Hub does for an LFS file: X-Repo-Commit, an ETag (X-Linked-Etag: the file's SHA-256),
+    Content-Length, then the bytes. `files[(repo_id, filename)]` is what is served."""
+
+    PATH = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<filename>.+)$")
+
+    def __init__(self) -> None:
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.requests: list[tuple[str, str]] = []
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _answer(self, body: bool) -> None:
+                path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
+                hub.requests.append((self.command, path))
+                match = FakeHub.PATH.match(path)
+                content = hub.files.get((match["repo"], match["filename"])) if match else None
+                if content is None:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("X-Repo-Commit", COMMIT)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                digest = hashlib.sha256(content).hexdigest()
+                self.send_response(200)
+                self.send_header("X-Repo-Commit", COMMIT)
+                self.send_header("ETag", f'"{digest}"')
+                self.send_header("X-Linked-Etag", f'"{digest}"')
+                self.send_header("Content-Length", str(len(content)))
+                self.send_header("Content-Type", "application/octet-stream")
+                self.end_headers()
+                if body:
+                    self.wfile.write(content)
+
+            def do_HEAD(self) -> None:
+                self._answer(body=False)
+
+            def do_GET(self) -> None:
+                self._answer(body=True)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def gets(self) -> int:
+        return sum(method == "GET" for method, _ in self.requests)
+
+
+@contextmanager
+def fake_hub():
+    hub = FakeHub()
+    thread = threading.Thread(target=hub.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield hub
+    finally:
+        hub.server.shutdown()
+        hub.server.server_close()
+        thread.join()
+
+
+def online_env(tmp_path: Path, hub: FakeHub) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    env.update(HF_ENDPOINT=hub.url, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HOME=str(tmp_path / "hf-home"),
+               CLIP_SURGERY_CACHE=str(tmp_path / "cache"), HF_HUB_DISABLE_TELEMETRY="1",
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    return env
+
+
+def pinned_entry(repo_id: str, filename: str, sha256: str) -> str:
+    return f"HubCheckpoint(name='tiny', repo_id={repo_id!r}, filename={filename!r}, sha256={sha256!r})"
+
+
+def place_as_blob(cache: Path, repo_id: str, filename: str, etag: str, content: bytes) -> Path:
+    """A file in the hub cache as huggingface_hub itself leaves it: blobs/<etag>, linked from the snapshot."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    blob = repo / "blobs" / etag
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(content)
+    pointer = repo / "snapshots" / COMMIT / filename
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.symlink_to(os.path.relpath(blob, pointer.parent))
+    return pointer
+
+
+def test_fake_hub_download_of_a_good_file_is_verified_and_used(tmp_path):
+    good = TINY_CLIP.read_bytes()
+    digest = hashlib.sha256(good).hexdigest()
+    with fake_hub() as hub:
+        hub.files[("test/tiny-clip", "open_clip_model.safetensors")] = good
+        result = run_entry(online_env(tmp_path, hub), pinned_entry("test/tiny-clip", "open_clip_model.safetensors", digest))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert Path(result.stdout.strip()).read_bytes() == good
+    assert hub.gets() == 1 and ("HEAD", "/test/tiny-clip/resolve/main/open_clip_model.safetensors") in hub.requests
+
+
+def test_corrupt_cached_file_is_downloaded_again_and_then_used(tmp_path):
+    """A broken earlier download in the cache: refused by its checksum, fetched again, the fresh copy used."""
+    good = TINY_CLIP.read_bytes()
+    digest = hashlib.sha256(good).hexdigest()
+    repo, filename = "test/tiny-clip", "open_clip_model.safetensors"
+    pointer = place_as_blob(tmp_path / "hub", repo, filename, digest, good[: len(good) // 2])
+    with fake_hub() as hub:
+        hub.files[(repo, filename)] = good
+        result = run_entry(online_env(tmp_path, hub), pinned_entry(repo, filename, digest))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "failed its checksum" in result.stderr and "fetching it again" in result.stderr
+    assert hub.gets() == 1  # the cached file was tried first, then fetched once
+    path = Path(result.stdout.strip())
+    assert path == pointer and path.read_bytes() == good
+    assert file_sha256(pointer) == digest
+
+
+def test_file_still_corrupt_after_a_fresh_download_is_refused(tmp_path):
+    good = TINY_CLIP.read_bytes()
+    digest = hashlib.sha256(good).hexdigest()
+    repo, filename = "test/tiny-clip", "open_clip_model.safetensors"
+    with fake_hub() as hub:
+        hub.files[(repo, filename)] = good[:-100]  # what the hub serves does not match the pin
+        result = run_entry(online_env(tmp_path, hub), pinned_entry(repo, filename, digest))
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "USERERROR CheckpointError" in result.stdout
+    assert "corrupt" in result.stdout and "even after a fresh download" in result.stdout
+    assert f"{repo}/{filename}" in result.stdout and "Traceback" not in result.stdout + result.stderr
+    assert hub.gets() == 2  # downloaded, refused, downloaded once more, refused
+
+
+def test_sam_file_whose_digest_does_not_start_with_the_published_prefix_is_refused(tmp_path):
+    entry = SAM_CHECKPOINTS["vit_b"]
+    assert not file_sha256(TINY_SAM).startswith(entry.sha256_prefix)
+    place_in_hub_cache(tmp_path / "hub", entry.repo_id, entry.filename, TINY_SAM)
+    result = run_entry(offline_env(tmp_path / "hub"), "SAM_CHECKPOINTS['vit_b']")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "USERERROR CheckpointError" in result.stdout and "corrupt" in result.stdout
+    assert f"does not start with the published {entry.sha256_prefix}" in result.stdout
+
+
+def test_sam_file_whose_digest_starts_with_the_prefix_is_accepted(tmp_path):
+    entry = SAM_CHECKPOINTS["vit_b"]
+    placed = place_in_hub_cache(tmp_path / "hub", entry.repo_id, entry.filename, TINY_SAM)
+    prefix = file_sha256(TINY_SAM)[:6]
+    expression = (f"HubCheckpoint(name='vit_b', repo_id={SAM_REPO!r}, filename={entry.filename!r}, "
+                  f"sha256_prefix={prefix!r})")
+    result = run_entry(offline_env(tmp_path / "hub"), expression)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert Path(result.stdout.strip()).resolve() == placed.resolve()
+
+
+def test_unpinned_entry_records_its_first_digest_and_refuses_a_different_file_later(tmp_path, monkeypatch):
+    from surgery.hub.download import digest_record
+
+    entry = CLIP_CHECKPOINTS["ViT-L/14-336"]
+    assert entry.sha256 is None and entry.sha256_prefix is None
+    cache, hub = tmp_path / "cache", tmp_path / "hub"
+    env = dict(offline_env(hub), CLIP_SURGERY_CACHE=str(cache))
+    placed = place_in_hub_cache(hub, entry.repo_id, entry.filename, TINY_CLIP)
+    first = run_download(env, "ViT-L/14-336")
+    assert first.returncode == 0, first.stdout + first.stderr
+    monkeypatch.setenv("CLIP_SURGERY_CACHE", str(cache))
+    record = digest_record(entry)
+    assert record.is_relative_to(cache / "digests")
+    assert record.read_text().strip() == file_sha256(TINY_CLIP)
+    assert run_download(env, "ViT-L/14-336").returncode == 0  # the same file again: fine
+
+    other = tmp_path / "other.safetensors"
+    data = bytearray(TINY_CLIP.read_bytes())
+    data[-1] ^= 0xFF
+    other.write_bytes(bytes(data))
+    placed.unlink()
+    place_in_hub_cache(hub, entry.repo_id, entry.filename, other)
+    later = run_download(env, "ViT-L/14-336")
+    assert later.returncode == 3, later.stdout + later.stderr
+    assert "USERERROR CheckpointError" in later.stdout and "corrupt" in later.stdout
+    assert "first download's" in later.stdout
+    assert record.read_text().strip() == file_sha256(TINY_CLIP)  # not overwritten by the bad copy
+
+
+def test_app_says_a_truncated_checkpoint_cannot_be_read(tmp_path):
+    from app_server import running_app
+    from gradio_client import Client, handle_file
+
+    data = TINY_CLIP.read_bytes()
+    broken = tmp_path / "cut-weights.safetensors"
+    broken.write_bytes(data[: len(data) // 2])
+    with running_app(tmp_path, "--clip-checkpoint", str(broken), "--no-sam", wait_ready=False) as server:
+        deadline = time.monotonic() + 120
+        while "default models" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+        status = server.log().split("not all available:", 1)[1]
+        assert "not available. Could not read checkpoint cut-weights.safetensors" in status
+        assert "truncated or corrupt" in status
+        client = Client(server.url, verbose=False)
+        with pytest.raises(Exception) as error:
+            client.predict(handle_file(str(ROOT / "assets" / "chelsea.jpg")), "cat", api_name="/explain")
+    message = str(error.value)
+    assert "Could not read checkpoint cut-weights.safetensors" in message and "truncated or corrupt" in message
+    assert "Traceback" not in message and "SafetensorError" not in message
 
 
 def test_cached_file_with_wrong_checksum_is_refused(tmp_path):
