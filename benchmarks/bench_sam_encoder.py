@@ -2,10 +2,12 @@
 
 Real weights are never downloaded: a full-size random vit_b checkpoint is
 written once (to the temp dir, reused by later runs) and loaded through
-`load_sam`, exactly as the app loads Meta's file. Random weights cost the same
-time as real ones.
+`surgery.loading.load_segmenter`, exactly as the app loads Meta's file. Random
+weights cost the same time as real ones. `--smoke` runs the same comparison on
+the tests' small random SAM (tests/data/sam_tiny.safetensors) in seconds, to
+check that the script works; its times say nothing about vit_b.
 
-    .venv/bin/python benchmarks/bench_sam_encoder.py [--threads 2] [--runs 3] [--json out.json]
+    .venv/bin/python benchmarks/bench_sam_encoder.py [--threads 2] [--runs 3] [--json out.json] [--smoke]
 """
 
 from __future__ import annotations
@@ -20,14 +22,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the engine, and tests/checkpoints.py
 
-from surgery.masks import bf16_supported  # noqa: E402
-from surgery.sam_fast_attention import install_fast_attention, uninstall_fast_attention  # noqa: E402
-from surgery.sam_model import VIT_B_ARCH, load_sam  # noqa: E402
-from surgery.testing_checkpoints import write_random_sam_checkpoint  # noqa: E402
+from checkpoints import VIT_B_ARCH, write_random_sam_checkpoint  # noqa: E402
+
+from surgery.loading import load_segmenter  # noqa: E402
+from surgery.precision import bf16_supported  # noqa: E402
+from surgery.sam.fast_encoder import install_fast_attention, uninstall_fast_attention  # noqa: E402
 
 CHECKPOINT = Path(tempfile.gettempdir()) / "surgery-bench" / "sam_vit_b_random_seed0.pth"
+TINY_SAM = ROOT / "tests" / "data" / "sam_tiny.safetensors"
 
 
 def random_vit_b_checkpoint(path: Path = CHECKPOINT) -> Path:
@@ -40,6 +45,13 @@ def random_vit_b_checkpoint(path: Path = CHECKPOINT) -> Path:
     return path
 
 
+def load_stock_sam(path: Path):
+    """The SAM in `path`, loaded the app's way (`load_segmenter`), with stock attention."""
+    sam = load_segmenter("vit_b", checkpoint=path).sam
+    uninstall_fast_attention(sam.image_encoder)
+    return sam
+
+
 def encode(encoder: torch.nn.Module, pixels: torch.Tensor, bf16: bool) -> tuple[float, torch.Tensor]:
     """Seconds for one encoding and the (float32) embedding."""
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -50,24 +62,27 @@ def encode(encoder: torch.nn.Module, pixels: torch.Tensor, bf16: bool) -> tuple[
 
 
 def set_attention(encoder: torch.nn.Module, fast: bool) -> None:
+    """Put the fast (True) or the stock (False) attention into `encoder`'s blocks, in place."""
     if fast:
         install_fast_attention(encoder)
     else:
         uninstall_fast_attention(encoder)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per variant, median reported (min 3)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT,
                         help=f"where the random vit_b file is kept (default {CHECKPOINT})")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true",
+                        help=f"use the tests' small SAM ({TINY_SAM.relative_to(ROOT)}) instead: checks the script only")
+    args = parser.parse_args(argv)
     runs = max(3, args.runs)
     torch.set_num_threads(args.threads)
 
-    sam = load_sam(random_vit_b_checkpoint(args.checkpoint), fast_attention=False)
+    sam = load_stock_sam(TINY_SAM if args.smoke else random_vit_b_checkpoint(args.checkpoint))
     size = sam.image_encoder.img_size
     image = torch.randint(0, 256, (1, 3, size, size), generator=torch.Generator().manual_seed(0)).float()
     pixels = sam.preprocess(image)
@@ -96,7 +111,7 @@ def main() -> None:
         row["min_s"] = min(row["times_s"])
         row["speedup_vs_stock"] = stock_median / row["median_s"]
     results = {
-        "model": "vit_b (random weights, full size)",
+        "model": "tests' small SAM (random weights; --smoke)" if args.smoke else "vit_b (random weights, full size)",
         "input": f"1x3x{size}x{size}",
         "threads": args.threads,
         "runs": runs,

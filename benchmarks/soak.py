@@ -92,7 +92,7 @@ def plan(n: int, images: list[Path]) -> dict:
         "labels": LABEL_SETS[n % len(LABEL_SETS)],
         "resolution": (224, 224, 336, 512)[n % 4],
         "sam_choice": "vit_b" if n % 2 == 0 else "off",
-        # at most 0.05: the page's slider never narrows below that (see app.slider_update)
+        # at most 0.05: the page's slider never narrows below that (see explorer.handlers.Handlers.slider_update)
         "threshold": (0.0, 0.0, 0.02)[n % 3],
     }
 

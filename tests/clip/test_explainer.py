@@ -105,16 +105,55 @@ def test_exif_rotation_is_applied(explainer):
     assert (maps.width, maps.height) == (100, 60)
 
 
-def test_image_tokens_are_cached_per_image_and_resolution(explainer, rocket):
+def _image_encoder_calls(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "surgery.calls" and "CLIP image encoder" in r.getMessage()]
+
+
+def test_image_tokens_are_cached_per_image_and_resolution(explainer, rocket, caplog):
+    # Images no other test encodes, so the counts below are exact whatever ran before.
+    original = np.ascontiguousarray(rocket[::-1])
+    flipped = np.ascontiguousarray(original[:, ::-1])  # same size, other pixels
     before = explainer.image_encodings
-    explainer.compute_maps(rocket, parse_labels("a, b").labels, MapOptions(224, "labels"))
-    explainer.compute_maps(rocket, parse_labels("c, d").labels, MapOptions(224, "labels"))
-    assert explainer.image_encodings - before <= 1
-    explainer.compute_maps(rocket, parse_labels("c, d").labels, MapOptions(256, "labels"))
-    assert explainer.image_encodings - before <= 2
-    flipped = np.ascontiguousarray(rocket[:, ::-1])
-    explainer.compute_maps(flipped, parse_labels("c, d").labels, MapOptions(256, "labels"))
-    assert explainer.image_encodings - before <= 3 and explainer.image_encodings > before
+    with caplog.at_level("INFO", logger="surgery.calls"):
+        explainer.compute_maps(original, parse_labels("a, b").labels, MapOptions(224, "labels"))
+        explainer.compute_maps(original, parse_labels("c, d").labels, MapOptions(224, "labels"))
+        assert explainer.image_encodings - before == 1  # new labels, same image: no second encoding
+        explainer.compute_maps(original, parse_labels("c, d").labels, MapOptions(256, "labels"))
+        assert explainer.image_encodings - before == 2  # another resolution is another encoding
+        explainer.compute_maps(flipped, parse_labels("c, d").labels, MapOptions(256, "labels"))
+        assert explainer.image_encodings - before == 3  # another image of the same size too
+    assert len(_image_encoder_calls(caplog)) == 3
+
+
+def test_different_images_of_one_size_get_their_own_tokens(explainer, caplog):
+    rng = np.random.default_rng(17)
+    first = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    second = first.copy()
+    second[20:70, 30:90] = 255 - second[20:70, 30:90]  # same shape, dtype and most pixels
+    before = explainer.image_encodings
+    with caplog.at_level("INFO", logger="surgery.calls"):
+        a = explainer.image_tokens(first, 224)
+        b = explainer.image_tokens(second, 224)
+    assert explainer.image_encodings - before == 2 and len(_image_encoder_calls(caplog)) == 2
+    assert (a.surgery_tokens - b.surgery_tokens).abs().max() > 1e-3
+    assert (a.clip_tokens - b.clip_tokens).abs().max() > 1e-3
+
+
+def test_the_same_pixels_decoded_twice_are_encoded_once(explainer, tmp_path, caplog):
+    rng = np.random.default_rng(23)
+    pixels = rng.integers(0, 256, (80, 112, 3), dtype=np.uint8)
+    path = tmp_path / "upload.png"
+    Image.fromarray(pixels).save(path)
+    one, two = load_image(path), load_image(path)  # two decodes: two distinct arrays, equal pixels
+    assert one is not two and not np.shares_memory(one, two) and np.array_equal(one, pixels)
+    before = explainer.image_encodings
+    with caplog.at_level("INFO", logger="surgery.calls"):
+        first = explainer.image_tokens(one, 224)
+        again = explainer.image_tokens(two, 224)
+        copied = explainer.image_tokens(pixels.copy(), 224)
+    assert explainer.image_encodings - before == 1 and len(_image_encoder_calls(caplog)) == 1
+    assert again is first and copied is first
 
 
 def test_combined_label_uses_parts(explainer, rocket):

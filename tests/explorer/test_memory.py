@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
 from surgery.memory import release_freed_memory
@@ -31,21 +34,39 @@ def test_release_freed_memory_returns_free_heap_pages():
     assert keep[0] == 1  # the live block is untouched
 
 
-def test_idle_trim_waits_for_a_quiet_period_and_trims_once():
-    import time
+def _join_timers_started_since(before: set) -> None:
+    """Wait until every timer thread started since `before` has ended (fired or cancelled)."""
+    for thread in threading.enumerate():
+        if isinstance(thread, threading.Timer) and thread not in before:
+            thread.join(timeout=60)
+            assert not thread.is_alive(), "a timer never ended"
 
+
+def test_idle_trim_waits_for_a_quiet_period_and_trims_once():
     from surgery.memory import IdleTrim
 
+    before = set(threading.enumerate())
     trims = []
-    idle = IdleTrim(idle_s=0.3, trim=lambda: trims.append(time.monotonic()))
+    fired = threading.Event()
+
+    def trim():
+        trims.append(time.monotonic())
+        fired.set()
+
+    idle = IdleTrim(idle_s=0.3, trim=trim)
     started = time.monotonic()
-    for _ in range(4):  # jobs finishing every 0.1 s keep postponing it
+    idle.job_done()
+    while time.monotonic() - started < 1.0:  # jobs finishing every 0.05 s for over three quiet periods
+        assert not fired.wait(timeout=0.05), "trimmed while jobs were still finishing"
         idle.job_done()
-        time.sleep(0.1)
-    assert trims == []
-    time.sleep(1.0)
-    assert len(trims) == 1 and trims[0] - started >= 0.3 + 0.3  # 0.3 s after the last job, not the first
+    last_job = time.monotonic()
+    idle.job_done()
+    assert fired.wait(timeout=60), "never trimmed after the jobs stopped"
+    _join_timers_started_since(before)
+    assert len(trims) == 1  # once, not once per job
+    assert trims[0] - last_job >= 0.3  # a quiet period after the last job, not the first
+
     idle.job_done()
     idle.cancel()  # the app closing
-    time.sleep(0.5)
+    _join_timers_started_since(before)
     assert len(trims) == 1

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from surgery.output.coco import coco_document, decode_rle, encode_rle, mask_box
-from surgery.method.results import MapOptions
+from surgery.method.results import LabelMaps, MapOptions, MapsResult
 from surgery.method.views import PointOptions, apply_threshold, decode_masks, with_choices
 from surgery.method.feature_surgery import presence_probabilities
 from surgery.method.labels import parse_labels
@@ -61,21 +61,65 @@ def test_two_separated_blobs_give_two_instances_with_disjoint_points():
         assert (region[:, 2] == 1).sum() == (region[:, 2] == 0).sum()
 
 
-def test_instances_option_makes_one_sam_call_per_instance(explainer, rocket):
-    maps = explainer.compute_maps(rocket, parse_labels("rocket, smoke").labels, MapOptions(224, "labels"))
-    explanation = apply_threshold(maps, None, PointOptions(instances=True))
-    calls = []
+def _hand_built_maps() -> MapsResult:
+    """'bird' has two separated hot blobs by construction, 'sky' a single one (28 x 28 grid, 560 px)."""
+    one_blob = np.zeros((28, 28), dtype=np.float32)
+    one_blob[12:18, 4:10] = 1.0
+    labels = parse_labels("bird, sky").labels
+    label_maps = tuple(LabelMaps(label, clip_map=raw, surgery_map=raw, surgery_parts=raw[None], presence=0.5)
+                       for label, raw in zip(labels, (_two_blobs(), one_blob)))
+    return MapsResult(width=560, height=560, grid=28, options=MapOptions(448, "labels"), labels=label_maps)
 
-    def fake_decoder(points):  # records the prompts; the real decoder is tested in test_sam.py
-        calls.append(points)
-        return _prediction(rocket.shape[:2], best=0)
 
-    decoded = decode_masks(explanation, fake_decoder)
-    expected = sum(max(1, len(v.instances)) for v in explanation.labels if v.found)
-    assert len(calls) == expected
-    for view in decoded.labels:
-        if view.instances:
-            assert np.array_equal(np.concatenate([i.points for i in view.instances]), view.points)
+@pytest.fixture(scope="module")
+def tiny_sam_on_grey():
+    """The real tiny SAM and the embedding of a plain 560 x 560 image."""
+    from conftest import DATA
+    from surgery.sam.architecture import load_sam
+    from surgery.sam.segmenter import SamSegmenter
+
+    segmenter = SamSegmenter(load_sam(DATA / "sam_tiny.safetensors"))
+    return segmenter, segmenter.embed(np.full((560, 560, 3), 128, dtype=np.uint8))
+
+
+def _decode_counting(explanation, sam, caplog):
+    """decode_masks with the real decoder; the prompts it got, and the decoder calls the engine logged."""
+    segmenter, embedding = sam
+    prompts = []
+
+    def predict(points):
+        prompts.append(points.copy())
+        return segmenter.predict(embedding, points)
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="surgery.calls"):
+        decoded = decode_masks(explanation, predict)
+    logged = [r.getMessage() for r in caplog.records
+              if r.name == "surgery.calls" and "SAM mask decoder" in r.getMessage()]
+    return decoded, prompts, logged
+
+
+def test_instances_option_makes_one_decoder_call_per_region(tiny_sam_on_grey, caplog):
+    maps = _hand_built_maps()
+    decoded, prompts, logged = _decode_counting(apply_threshold(maps, None, PointOptions(instances=True)),
+                                                tiny_sam_on_grey, caplog)
+    assert len(prompts) == len(logged) == 3  # bird: two regions, two calls; sky: one
+    bird, sky = decoded.labels
+    assert len(bird.instances) == 2 and len(sky.instances) == 1
+    assert all(inst.mask is not None for inst in bird.instances + sky.instances)
+    top_left, bottom_right = ({tuple(p[:2]) for p in prompt if p[2] == 1} for prompt in prompts[:2])
+    assert top_left and all(x < 200 and y < 200 for x, y in top_left)  # one prompt per blob
+    assert bottom_right and all(x > 300 and y > 350 for x, y in bottom_right)
+    assert np.array_equal(np.concatenate([i.points for i in bird.instances]), bird.points)
+    union = bird.instances[0].mask.mask | bird.instances[1].mask.mask
+    assert np.array_equal(bird.chosen_mask, union)
+
+    decoded, prompts, logged = _decode_counting(apply_threshold(maps, None), tiny_sam_on_grey, caplog)
+    assert len(prompts) == len(logged) == 2  # without the option: one call per label
+    bird = decoded.labels[0]
+    assert bird.instances == () and bird.mask is not None
+    positives = [tuple(p[:2]) for p in prompts[0] if p[2] == 1]
+    assert any(x < 200 and y < 200 for x, y in positives) and any(x > 300 and y > 350 for x, y in positives)
 
 
 def _prediction(shape, best: int):
