@@ -70,6 +70,29 @@ def checksum_problem(path: Path, entry: HubCheckpoint, recorded: str | None = No
     return None
 
 
+HUB_TIMEOUT_S = 5.0  # one request: an unreachable Hub is reported in seconds, not after a minute of retries
+
+
+def _fetch(entry: HubCheckpoint, fresh: bool) -> Path:
+    """The file from the local hub cache when it is there (no request at all), else downloaded. Before
+    a download one quick request without retries checks that the Hub answers."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    if not fresh:
+        try:
+            return Path(hf_hub_download(entry.repo_id, entry.filename, local_files_only=True))
+        except Exception:  # not cached yet: go online (or fail below when offline)
+            pass
+    if _offline():
+        raise RuntimeError("offline")
+    get_hf_file_metadata(hf_hub_url(entry.repo_id, entry.filename), timeout=HUB_TIMEOUT_S)
+    return Path(hf_hub_download(entry.repo_id, entry.filename, force_download=fresh))
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
+
+
 def download_checkpoint(entry: HubCheckpoint) -> Path:
     """Fetch (or find in the hub cache) one registry file and verify it.
 
@@ -77,23 +100,20 @@ def download_checkpoint(entry: HubCheckpoint) -> Path:
     once more; if that also fails the caller gets a `CheckpointError`. An entry
     without a published digest has its first download's digest recorded.
     """
-    from huggingface_hub import hf_hub_download
-
     where = f"{entry.repo_id}/{entry.filename}"
     recorded = None if entry.sha256 else _recorded_digest(entry)
     problem = None
     for attempt in range(2):
         try:
-            path = Path(hf_hub_download(entry.repo_id, entry.filename, force_download=attempt > 0))
+            path = _fetch(entry, fresh=attempt > 0)
         except Exception as exc:  # offline, hub down, not cached, gated: all one story for a user
-            log.warning("download of %s failed: %r", where, exc)
+            log.warning("download of %s failed: %s", where, str(exc).splitlines()[0][:200] if str(exc) else repr(exc))
             if problem is not None:
                 raise CheckpointError(
                     f"The cached {entry.name} file {where} is corrupt ({problem}) and a fresh download "
                     "failed. Connect to the internet and try again, or pass a local checkpoint file."
                 ) from None
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
-            why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else (
+            why = "HF_HUB_OFFLINE is set and it is not in the local cache" if _offline() else (
                 "the Hugging Face Hub could not be reached")
             raise WeightsUnavailable(
                 f"The {entry.name} weights ({where}, {entry.size_note}) are not available: {why}. "

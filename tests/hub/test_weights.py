@@ -63,6 +63,7 @@ class FakeHub:
     def __init__(self) -> None:
         self.files: dict[tuple[str, str], bytes] = {}
         self.requests: list[tuple[str, str]] = []
+        self.failing_status: int | None = None  # answer every request with this error (a Hub that is down)
         hub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,6 +75,11 @@ class FakeHub:
             def _answer(self, body: bool) -> None:
                 path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)
                 hub.requests.append((self.command, path))
+                if hub.failing_status is not None:
+                    self.send_response(hub.failing_status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 match = FakeHub.PATH.match(path)
                 content = hub.files.get((match["repo"], match["filename"])) if match else None
                 if content is None:
@@ -362,3 +368,24 @@ def test_file_sha256_known_value(tmp_path):
     path = tmp_path / "abc.bin"
     path.write_bytes(b"abc")
     assert file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_a_hub_that_is_down_is_reported_after_one_request(tmp_path):
+    """No minute of retries at start-up: one request without retries, then a clear message."""
+    with fake_hub() as hub:
+        hub.failing_status = 503
+        done = run_entry(online_env(tmp_path, hub), pinned_entry("org/tiny", "weights.safetensors", "0" * 64))
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "USERERROR WeightsUnavailable" in done.stdout and "could not be reached" in done.stdout
+    assert len(hub.requests) == 1, hub.requests
+
+
+def test_a_cached_verified_file_needs_no_request(tmp_path):
+    content = TINY_CLIP.read_bytes()
+    with fake_hub() as hub:
+        hub.failing_status = 503  # any request would fail
+        env = online_env(tmp_path, hub)
+        place_in_hub_cache(Path(env["HF_HUB_CACHE"]), "org/tiny", "weights.safetensors", TINY_CLIP)
+        done = run_entry(env, pinned_entry("org/tiny", "weights.safetensors", hashlib.sha256(content).hexdigest()))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert hub.requests == []
