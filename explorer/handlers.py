@@ -22,8 +22,10 @@ from surgery.method.labels import parse_labels
 from surgery.method.results import MapOptions
 from surgery.method.threshold import check_threshold
 from surgery.method.views import Explanation, PointOptions, apply_threshold
+from surgery.output.files import label_slug
+from surgery.precision import PRECISIONS
 
-from . import page, served_files
+from . import cards, page, served_files
 from . import session as S
 from .inputs import check_resolution_choice, image_array, image_file_name
 from .model_store import ModelStore
@@ -36,7 +38,8 @@ GENERIC_ERROR = "Something went wrong on the server while handling this request;
 def _as_page_error(exc: Exception) -> gr.Error:
     if isinstance(exc, gr.Error):
         return exc
-    if isinstance(exc, UserError):
+    if isinstance(exc, UserError):  # expected: one line in the log, the message in the page
+        log.info("refused: %s", exc)
         return gr.Error(str(exc))
     log.exception("request failed")
     return gr.Error(GENERIC_ERROR)
@@ -69,7 +72,10 @@ def _progress_messages(progress) -> Callable[[str], None]:
 class Handlers:
     """What each page event does. `output_dir` receives the files the page is handed (swept)."""
 
-    RESULT_COUNT = 7  # heatmaps, points, masks, histograms, summary, zip, result.json
+    # What each re-render returns, in this order (Run adds the session state after them).
+    PAGE_OUTPUT_NAMES = ("overview", "notice", "headline", "legend", "cards", "details", "zip", "result_json",
+                         "mask_labels")
+    PAGE_OUTPUTS = len(PAGE_OUTPUT_NAMES)
 
     def __init__(self, store: ModelStore, output_dir: Path) -> None:
         self.store = store
@@ -79,31 +85,70 @@ class Handlers:
     def _segmenter(self, state: S.SessionState):
         return None if state.sam_key is None else self.store.sam(*state.sam_key)
 
+    def _write(self, state: S.SessionState, explanation: Explanation, sam_pending: bool):
+        """Write this render's shown files (and downloads once SAM is done or off)."""
+        with_masks = state.sam_key is not None and not sam_pending
+        return served_files.write_render(
+            self.output_dir, S.page_files(state, explanation, sam_pending),
+            page.shown_files(explanation, with_masks), downloads=not sam_pending)
+
     def _rendered(self, state: S.SessionState, explanation: Explanation, sam_pending: bool = False) -> tuple:
-        """The seven result outputs (heatmaps, points, masks, histograms, summary, zip, result.json)."""
-        masks = page.annotated_masks(state, explanation) if state.sam_key is not None and not sam_pending else None
-        images, zip_path, json_path = served_files.write_render(
-            self.output_dir, S.page_files(state, explanation, sam_pending), page.shown_files(explanation),
-            downloads=not sam_pending)
-        return (page.heatmap_gallery(explanation, images), page.points_gallery(explanation, images), masks,
-                page.histogram_gallery(state, explanation), page.summary_markdown(state, explanation, sam_pending),
-                zip_path, json_path)
+        """The page's result outputs for one render (`PAGE_OUTPUTS` values)."""
+        state.shown = explanation
+        images, zip_path, json_path = self._write(state, explanation, sam_pending)
+        sam_state = "off" if state.sam_key is None else "pending" if sam_pending else "on"
+        masks = page.annotated_masks(state, explanation) if sam_state == "on" else None
+        found = page.found_labels(explanation)
+        label_value = state.mask_label if state.mask_label in found else None
+        return (masks, "",
+                page.headline_markdown(state, explanation, sam_pending),
+                cards.legend_html(explanation.threshold),
+                cards.cards_html(explanation, images, suggested=state.suggested_threshold, sam_state=sam_state),
+                page.details_markdown(state, explanation, sam_pending),
+                zip_path, json_path, gr.update(choices=found, value=label_value))
 
     def _rerender(self, state: S.SessionState | None, threshold, **changes) -> tuple:
         if state is None:
-            return (gr.update(),) * self.RESULT_COUNT
+            return (gr.update(),) * self.PAGE_OUTPUTS
         value = check_threshold(threshold)
         segmenter = self._segmenter(state)
         return S.render_locked(state, value, segmenter,
                                lambda explanation: self._rendered(state, explanation, S.masks_pending(state)),
                                **changes)
 
-    @staticmethod
-    def slider_update(state: S.SessionState):
-        top = max(float(lm.surgery_parts.max()) for lm in state.maps.labels)
-        return gr.update(maximum=max(0.05, round(top * 1.2 + 0.005, 2)))
+    def _checked_request(self, image, labels_text, threshold, redundancy, sam_choice, precision):
+        """Everything about a request that can be refused without a model."""
+        if image is None:
+            raise UserError("Upload an image first (or pick an example below).")
+        parsed = parse_labels(labels_text)
+        threshold_value = check_threshold(threshold)
+        if redundancy not in REDUNDANCY_MODES:
+            raise InputError(f"Redundancy must be one of {', '.join(REDUNDANCY_MODES)}.")
+        sam_key = self.store.sam_key(sam_choice, precision)
+        if precision not in PRECISIONS:
+            raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}.")
+        return parsed, threshold_value, sam_key
+
+    def _maps(self, image, parsed, backbone, resolution, redundancy, precision, progress=None):
+        working = image_array(image)
+        explainer = self.store.clip(backbone, progress=progress)
+        size, note = check_resolution_choice(resolution, explainer.patch_size)
+        maps = explainer.compute_maps(working.rgb, parsed.labels,
+                                      MapOptions(resolution=size, redundancy=redundancy, precision=precision))
+        notes = tuple(parsed.notes) + tuple(n for n in (working.note, note) if n)
+        return working, explainer, maps, notes
 
     # --- events -----------------------------------------------------------------------
+    @user_errors
+    def validate(self, image, labels_text, threshold, backbone, resolution, redundancy, sam_choice, precision,
+                 *_options) -> None:
+        """Run's first step, before the queue: a refusal shows its message and leaves the page as it was."""
+        self._checked_request(image, labels_text, threshold, redundancy, sam_choice, precision)
+        try:
+            float(resolution)
+        except (TypeError, ValueError):
+            raise UserError("Resolution must be a whole number of pixels, e.g. 512.") from None
+
     @user_errors
     def pre_encode(self, image, backbone, resolution, sam_choice, precision) -> None:
         """On upload: run both image encoders now, so Run pays only for text and decoding."""
@@ -121,39 +166,78 @@ class Handlers:
     @user_errors
     def run(self, image, labels_text, threshold, backbone, resolution, redundancy, sam_choice, precision,
             instances=False, positive_only=False, progress=gr.Progress()):
-        """Run: heatmaps first (yielded while SAM works), then the masks."""
-        working = image_array(image)
-        rgb = working.rgb
-        parsed = parse_labels(labels_text)
-        threshold_value = check_threshold(threshold)
-        if redundancy not in REDUNDANCY_MODES:
-            raise InputError(f"Redundancy must be one of {', '.join(REDUNDANCY_MODES)}.")
-        sam_key = self.store.sam_key(sam_choice, precision)
-        progress(0.05, desc="Loading CLIP…")
-        explainer = self.store.clip(backbone, progress=_progress_messages(progress))
-        size, note = check_resolution_choice(resolution, explainer.patch_size)
-        progress(0.2, desc="CLIP and CLIP Surgery maps…")
-        maps = explainer.compute_maps(rgb, parsed.labels,
-                                      MapOptions(resolution=size, redundancy=redundancy, precision=precision))
+        """Run: the page's outputs and the session state, heatmaps first (yielded while SAM works), then
+        the masks."""
+        parsed, threshold_value, sam_key = self._checked_request(image, labels_text, threshold, redundancy,
+                                                                 sam_choice, precision)
+        progress(0.05, desc="CLIP and CLIP Surgery maps…")
+        working, explainer, maps, notes = self._maps(image, parsed, backbone, resolution, redundancy, precision,
+                                                     _progress_messages(progress))
         segmenter = None if sam_key is None else self.store.sam(*sam_key, progress=_progress_messages(progress))
         state = S.SessionState(
-            rgb, maps, explainer.name, None if segmenter is None else segmenter.name, sam_key, None,
-            tuple(parsed.notes) + tuple(n for n in (working.note, note) if n),
+            working.rgb, maps, explainer.name, None if segmenter is None else segmenter.name, sam_key, None, notes,
             point_options=PointOptions(bool(instances), bool(positive_only)), image_name=image_file_name(image),
             source_size=working.source_size, threshold=threshold_value)
         first = apply_threshold(maps, threshold_value, state.point_options)
-        pick = gr.update(choices=[label.text for label in parsed.labels], value=None)
         embedding = None
         if segmenter is not None:  # heatmaps now, masks when SAM is done
-            yield (*self._rendered(state, first, sam_pending=True), state, self.slider_update(state), pick)
-            progress(0.6, desc="SAM image embedding…")
+            yield (*self._rendered(state, first, sam_pending=True), state)
             started = time.perf_counter()
-            embedding = segmenter.embed(rgb)
+            embedding = segmenter.embed(working.rgb)
             first.timings["sam_image"] = time.perf_counter() - started
-            progress(0.9, desc="SAM masks…")
         final = S.finish_run(state, embedding, first, segmenter, lambda explanation: self._rendered(state, explanation))
-        yield (*final, state, self.slider_update(state), pick)
+        yield (*final, state)
         self.store.idle_trim.job_done()
+
+    @user_errors
+    def explain(self, image, labels_text, threshold=0.0, backbone=None, resolution=512, redundancy="vocab",
+                sam_choice=None, precision="fp32", instances=False, positive_only=False, include_files=False):
+        """Explain an image: where CLIP sees each label, by CLIP Surgery, with SAM masks.
+
+        Args:
+            image: the image (JPEG, PNG, WebP, GIF, BMP or TIFF).
+            labels_text: labels separated by commas; "a+b" joins parts into one target, e.g. "cat, dog, cat+grass".
+            threshold: raw CLIP Surgery similarity a label must reach to be found; 0 means off (every label found).
+            backbone: the CLIP model (default: the app's).
+            resolution: CLIP input size in pixels, 224 to 1024.
+            redundancy: what feature surgery subtracts: "vocab", "labels" or "empty".
+            sam_choice: the SAM model, or "off" for no masks.
+            precision: "fp32" or "bf16" for the image encoders.
+            instances: one mask per connected region of a label.
+            positive_only: send SAM positive points only.
+            include_files: also return the zip of every output file and the overlay images.
+
+        Returns:
+            result: result.json's content (per label: found, points, presence, mask score and area, candidates).
+            summary: a Markdown summary and per-label table.
+            zip: the zip of all output files, or None unless include_files.
+            images: (image file, caption) pairs of the overlays, empty unless include_files.
+        """
+        parsed, threshold_value, sam_key = self._checked_request(image, labels_text, threshold, redundancy,
+                                                                 sam_choice, precision)
+        working, explainer, maps, notes = self._maps(image, parsed, backbone, resolution, redundancy, precision)
+        segmenter = None if sam_key is None else self.store.sam(*sam_key)
+        state = S.SessionState(
+            working.rgb, maps, explainer.name, None if segmenter is None else segmenter.name, sam_key,
+            None if segmenter is None else segmenter.embed(working.rgb), notes,
+            point_options=PointOptions(bool(instances), bool(positive_only)), image_name=image_file_name(image),
+            source_size=working.source_size)
+        explanation = S.rerender(state, threshold_value, segmenter)
+        self.store.idle_trim.job_done()
+        result, files = S.result_and_files(state, explanation)
+        summary = page.summary_markdown(state, explanation)
+        if not include_files:
+            return result, summary, None, []
+        shown = page.shown_files(explanation, with_masks=segmenter is not None)
+        images, zip_path, _ = served_files.write_render(self.output_dir, files, shown, downloads=True)
+        captions = {"clip": "CLIP", "surgery": "CLIP Surgery", "points": "Points", "sam": "SAM"}
+        gallery = []
+        for view in explanation.labels:
+            for name in shown:
+                kind, _, rest = name.partition("_")
+                if rest == f"{label_slug(view.text)}.png":
+                    gallery.append((images[name], f"{captions[kind]} · {view.text}"))
+        return result, summary, zip_path, gallery
 
     @user_errors
     def rethreshold(self, state, threshold) -> tuple:
@@ -167,21 +251,43 @@ class Handlers:
     def choose_mask(self, state, threshold, label, candidate) -> tuple:
         """Show another of SAM's three candidates for one label: no model call."""
         if state is None or not label:
-            return (gr.update(),) * self.RESULT_COUNT
+            return (gr.update(),) * self.PAGE_OUTPUTS
+        if candidate not in (None, "best", "1", "2", "3"):
+            raise InputError("The SAM candidate must be best, 1, 2 or 3.")
         index = None if candidate in (None, "best") else int(candidate) - 1
         return self._rerender(state, threshold, mask_choice=(label, index))
 
     def shown_candidate(self, state, label):
-        choice = None if state is None else state.mask_choices.get(label)
-        return gr.update(value="best" if choice is None else str(choice + 1))
-
-    @user_errors
-    def suggest(self, state):
+        """The chosen label's candidates, each with its score and area."""
         if state is None:
-            raise UserError("Run first: the suggestion is computed from the current image's maps.")
+            return gr.update(choices=[("best", "best")], value="best")
+        state.mask_label = label
+        choice = state.mask_choices.get(label)
+        return gr.update(choices=page.candidate_choices(state.shown, label),
+                         value="best" if choice is None else str(choice + 1))
+
+    def slider_range(self, state):
+        """After a Run: the slider's range fits this image's raw values (never an output of a call that can fail)."""
+        if state is None:
+            return gr.update()
+        top = max(float(lm.surgery_parts.max()) for lm in state.maps.labels)
+        return gr.update(maximum=max(0.05, round(top * 1.2 + 0.005, 2)))
+
+    def mark_stale(self, state):
+        """An Advanced option changed after a Run: say the shown results are for the old options."""
+        if state is None:
+            return ""
+        return "**These results are for the previous options.** Press Run to update them."
+
+    def suggest(self, state):
+        """Otsu's threshold of the current maps, or a warning (the slider is never an error output)."""
+        if state is None:
+            gr.Warning("Run first: the suggestion is computed from the current image's maps.")
+            return gr.update()
         value = S.suggest_threshold(state)
         if value is None:
-            raise UserError("The maps are flat; there is no threshold to suggest.")
+            gr.Warning("The maps are flat; there is no threshold to suggest.")
+            return gr.update()
         return gr.update(value=round(max(value, 0.001), 3))
 
     def status(self):

@@ -10,6 +10,7 @@ from surgery.method.feature_surgery import REDUNDANCY_MODES
 from surgery.method.results import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION
 from surgery.precision import PRECISIONS
 
+from . import cards
 from .components import SafeImage, ThresholdSlider
 from .handlers import Handlers
 
@@ -39,21 +40,35 @@ EXAMPLES = [
 ]
 
 
+PAGE_CSS = cards.CSS + """
+#labels textarea::placeholder, .gradio-container .info, .gradio-container [data-testid="block-info"] + span {
+  color: var(--body-text-color-subdued); }
+#threshold input[type=range]:focus-visible { outline: 3px solid #0072b2; outline-offset: 2px; }
+#details table { display: block; overflow-x: auto; white-space: nowrap; }
+.gradio-container { overflow-x: hidden; }
+#results-notice:empty { display: none; }
+@media (max-width: 700px) { .gradio-container { padding: 4px !important; } }
+"""
+# The hint texts' colour: Gradio's subdued text measured 1.9:1 on white; this is 4.5:1 or more in both themes.
+THEME = gr.themes.Default().set(body_text_color_subdued="#4b5563", body_text_color_subdued_dark="#c5cad3")
+API_DESCRIPTION = (
+    "CLIP Surgery Explorer: why CLIP matches an image to a word. /explain takes an image and labels and "
+    "returns result.json's content (per label: found, points, presence, SAM mask score and area), a summary, "
+    "and on request the zip of all outputs and the overlay images."
+)
+
+
 def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
     store = handlers.store
     with gr.Blocks(title="CLIP Surgery Explorer", delete_cache=(900, SESSION_TTL_S)) as demo:
         gr.Markdown(INTRO)
         status_box = gr.Markdown("Loading model weights…", elem_id="model-status")
-        with gr.Row():
-            with gr.Column(scale=1):
-                image = SafeImage(type="pil", image_mode=None, label="Image", height=360, elem_id="image")
-                labels = gr.Textbox(label="Labels", placeholder="person, bench, cat+grass", info=LABELS_HINT)
-                threshold = ThresholdSlider(0.0, 1.0, value=0.0, step=0.001, label="Threshold", info=THRESHOLD_HINT,
-                                            elem_id="threshold")
-                with gr.Row():
-                    run_button = gr.Button("Run", variant="primary", scale=2)
-                    suggest_button = gr.Button("Suggest threshold", scale=1, elem_id="suggest")
-                with gr.Accordion("Advanced", open=False):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=300):
+                image = SafeImage(type="pil", image_mode=None, label="Image", height=300, elem_id="image")
+                labels = gr.Textbox(label="Labels", placeholder="person, bench, cat+grass", info=LABELS_HINT,
+                                    elem_id="labels", max_lines=1, submit_btn=False)
+                with gr.Accordion("Advanced", open=False, elem_id="advanced"):
                     backbone = gr.Dropdown(store.clip_choices(), value=store.config.clip_model, label="Backbone",
                                            elem_id="backbone")
                     resolution = gr.Dropdown(RESOLUTIONS, value=DEFAULT_RESOLUTION, label="Input resolution",
@@ -68,50 +83,71 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
                     instances = gr.Checkbox(False, label="Split instances (one mask per connected region)",
                                             elem_id="instances")
                     positive_only = gr.Checkbox(False, label="Send SAM positive points only")
-                gr.Examples([[str(ASSETS / name), text] for name, text in EXAMPLES], inputs=[image, labels],
-                            label="Examples (one absent label and one a+b target each)")
-            with gr.Column(scale=2):
-                heatmaps = gr.Gallery(label="CLIP vs CLIP Surgery", columns=2, format="png", height="auto",
-                                      elem_id="heatmaps")
-                points = gr.Gallery(label="Points for SAM (green positive, magenta negative)", columns=3,
-                                    format="png", height="auto", elem_id="points")
-                masks = gr.AnnotatedImage(label="SAM masks", format="png", elem_id="masks")
+                threshold = ThresholdSlider(0.0, 1.0, value=0.0, step=0.001, label="Threshold", info=THRESHOLD_HINT,
+                                            elem_id="threshold")
                 with gr.Row():
-                    mask_label = gr.Dropdown([], label="Mask for label", elem_id="mask-label")
-                    mask_candidate = gr.Radio(["best", "1", "2", "3"], value="best", label="SAM candidate",
-                                              elem_id="mask-candidate")
-                histograms = gr.Gallery(label="Raw CLIP Surgery values (threshold drawn)", columns=2,
-                                        format="png", height="auto", elem_id="histograms")
-                summary = gr.Markdown(elem_id="summary")
+                    run_button = gr.Button("Run", variant="primary", scale=2, elem_id="run")
+                    suggest_button = gr.Button("Suggest threshold", scale=1, elem_id="suggest")
+            with gr.Column(scale=2, min_width=300, elem_id="results"):
+                notice = gr.Markdown("", elem_id="results-notice")
+                headline = gr.Markdown("Results appear here: one card per label.", elem_id="summary")
+                masks = gr.AnnotatedImage(label="All masks (overview)", format="png", elem_id="masks", height=360)
+                with gr.Row():
+                    mask_label = gr.Dropdown([], label="Mask for label (found labels)", elem_id="mask-label")
+                    mask_candidate = gr.Radio([("best", "best")], value="best",
+                                              label="SAM candidate (number · score · area)", elem_id="mask-candidate")
+                legend = gr.HTML(cards.legend_html(None), elem_id="legend")
+                cards_box = gr.HTML("", elem_id="cards")
+                gr.Markdown(cards.FOOTNOTE, elem_id="footnote")
+                with gr.Accordion("Details: per-label table and time per stage", open=False):
+                    details = gr.Markdown("", elem_id="details")
                 with gr.Row():
                     download = gr.File(label="Download (zip)", elem_id="download")
                     result_file = gr.File(label="result.json", elem_id="result-json")
+        examples = gr.Examples([[str(ASSETS / name), text] for name, text in EXAMPLES], inputs=[image, labels],
+                               label="Examples (one absent label and one a+b target each): click to run")
         state = gr.State(None, time_to_live=SESSION_TTL_S)
         timer = gr.Timer(2.0)
+        include_files = gr.Checkbox(False, visible=False)
+        api_result = gr.JSON(visible=False)
+        api_summary = gr.Markdown(visible=False)
+        api_zip = gr.File(visible=False)
+        api_images = gr.Gallery(visible=False, format="png")
+        api_button = gr.Button(visible=False)
 
-        outputs = [heatmaps, points, masks, histograms, summary, download, result_file]
-        light = dict(concurrency_id="rerender", concurrency_limit=RERENDER_CONCURRENCY, show_progress="minimal",
+        page_outputs = [masks, notice, headline, legend, cards_box, details, download, result_file, mask_label]
+        request = [image, labels, threshold, backbone, resolution, redundancy, sam_choice, precision, instances,
+                   positive_only]
+        light = dict(concurrency_id="rerender", concurrency_limit=RERENDER_CONCURRENCY, show_progress="hidden",
                      api_visibility="private")
         demo.load(handlers.status, outputs=[status_box, timer], queue=False, api_visibility="private")
         timer.tick(handlers.status, outputs=[status_box, timer], queue=False, api_visibility="private")
         image.upload(handlers.pre_encode, inputs=[image, backbone, resolution, sam_choice, precision], outputs=None,
                      concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY, show_progress="hidden",
                      api_visibility="private")
-        run_button.click(
-            handlers.run, inputs=[image, labels, threshold, backbone, resolution, redundancy, sam_choice, precision,
-                                  instances, positive_only],
-            outputs=outputs + [state, threshold, mask_label], api_name="explain",
-            concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY,
-        )
-        threshold.change(handlers.rethreshold, inputs=[state, threshold], outputs=outputs,
+        for trigger in (run_button.click, labels.submit, examples.load_input_event.then):
+            # Checked first, outside the queue and with no outputs: a refusal leaves the page as it was.
+            trigger(handlers.validate, inputs=request, outputs=None, queue=False, api_visibility="private").success(
+                handlers.run, inputs=request, outputs=page_outputs + [state], concurrency_id="model",
+                concurrency_limit=MODEL_CONCURRENCY, show_progress="minimal", api_visibility="private",
+            ).success(handlers.slider_range, inputs=[state], outputs=[threshold], queue=False,
+                      api_visibility="private")
+        api_button.click(handlers.explain, inputs=request + [include_files],
+                         outputs=[api_result, api_summary, api_zip, api_images], api_name="explain",
+                         api_description=API_DESCRIPTION, concurrency_id="model",
+                         concurrency_limit=MODEL_CONCURRENCY)
+        threshold.change(handlers.rethreshold, inputs=[state, threshold], outputs=page_outputs,
                          trigger_mode="always_last", **light)
         for option in (instances, positive_only):
             option.change(handlers.change_points, inputs=[state, threshold, instances, positive_only],
-                          outputs=outputs, trigger_mode="always_last", **light)
-        mask_candidate.change(handlers.choose_mask, inputs=[state, threshold, mask_label, mask_candidate],
-                              outputs=outputs, trigger_mode="always_last", **light)
-        mask_label.change(handlers.shown_candidate, inputs=[state, mask_label], outputs=[mask_candidate], queue=False,
+                          outputs=page_outputs, trigger_mode="always_last", **light)
+        for option in (backbone, resolution, redundancy, sam_choice, precision):
+            option.change(handlers.mark_stale, inputs=[state], outputs=[notice], queue=False,
                           api_visibility="private")
+        mask_candidate.change(handlers.choose_mask, inputs=[state, threshold, mask_label, mask_candidate],
+                              outputs=page_outputs, trigger_mode="always_last", **light)
+        mask_label.change(handlers.shown_candidate, inputs=[state, mask_label], outputs=[mask_candidate],
+                          queue=False, api_visibility="private")
         suggest_button.click(handlers.suggest, inputs=[state], outputs=[threshold], api_visibility="private",
                              queue=False)
     demo.queue(max_size=queue_size, default_concurrency_limit=MODEL_CONCURRENCY)

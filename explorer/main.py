@@ -57,18 +57,39 @@ def main(argv: list[str] | None = None) -> None:
 
     from . import gradio_patches
     from .handlers import Handlers
-    from .layout import ASSETS, build_demo
+    from .layout import ASSETS, PAGE_CSS, THEME, build_demo
 
     gradio_patches.apply()
     store = ModelStore(config)
     store.start()
+    OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     demo = build_demo(Handlers(store, OUTPUT_DIR), queue_size=int(os.environ.get("QUEUE_SIZE") or 32))
     demo.launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"),
+        server_name=server_name(),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT") or os.environ.get("PORT") or 7860),
         ssr_mode=False,
         max_file_size=MAX_FILE_SIZE,
-        allowed_paths=[str(ASSETS)],
+        allowed_paths=[str(ASSETS), str(OUTPUT_DIR)],  # the examples and the served results, nothing else
         state_session_capacity=SESSION_CAPACITY,
         show_error=False,
+        theme=THEME,
+        css=PAGE_CSS,
+        mcp_server=mcp_available(),
     )
+
+
+def server_name() -> str:
+    """Loopback on a laptop; every interface on a Space (SPACE_ID set) or where GRADIO_SERVER_NAME says so."""
+    if os.environ.get("GRADIO_SERVER_NAME"):
+        return os.environ["GRADIO_SERVER_NAME"]
+    return "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"
+
+
+def mcp_available() -> bool:
+    """Gradio's MCP server needs the `gradio[mcp]` extra (requirements.txt installs it)."""
+    try:
+        import mcp  # noqa: F401
+    except ImportError:
+        logging.getLogger("app").warning("MCP server off: install gradio[mcp]")
+        return False
+    return True

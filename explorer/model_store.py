@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from surgery.clip.explainer import ClipExplainer
-from surgery.errors import InputError, UserError
+from surgery.errors import InputError, UserError, WeightsUnavailable
 from surgery.hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, OPENCLIP_SUGGESTED, SAM_CHECKPOINTS
 from surgery.hub.sources import ModelSource, is_known_clip, resolve_clip, resolve_sam
 from surgery.loading import default_sam_name, load_clip, load_segmenter
@@ -32,6 +32,16 @@ from surgery.sam.segmenter import SamSegmenter
 log = logging.getLogger(__name__)
 
 SAM_OFF = "off"
+ROOT = Path(__file__).resolve().parents[1]
+TINY_CLIP = Path("tests/data/parity/weights.safetensors")
+TINY_SAM = Path("tests/data/sam_tiny.safetensors")
+
+
+def tiny_checkpoints_hint() -> str | None:
+    """The command that runs the app on the bundled tiny random checkpoints, where a clone has them."""
+    if not ((ROOT / TINY_CLIP).is_file() and (ROOT / TINY_SAM).is_file()):
+        return None
+    return f"python app.py --clip-checkpoint {TINY_CLIP} --sam-checkpoint {TINY_SAM}"
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,19 @@ class ModelStore:
         release_freed_memory()  # what loading and the vocabulary batches freed
         text, ready = self.status()
         log.info("default models %s", "loaded and ready" if ready else "not all available:\n" + text)
+        if self._weights_missing() and tiny_checkpoints_hint():
+            print(f"To try the app without downloading weights: {tiny_checkpoints_hint()}", flush=True)
+
+    def _weights_missing(self) -> bool:
+        """A default model could not be obtained (offline, Hub unreachable, not cached)."""
+        return any(future.done() and isinstance(future.exception(), WeightsUnavailable)
+                   for key, future in list(self._futures.items()) if key in self._default_keys())
+
+    def _default_keys(self) -> list[tuple]:
+        keys = [("clip", self.config.clip_model)]
+        if self.config.load_sam:
+            keys.append(("sam", self.config.default_sam(), "fp32"))
+        return keys
 
     # --- names to sources: the one place the app resolves a model name -------------
     def clip_source(self, name: str | None = None) -> ModelSource:
@@ -188,10 +211,7 @@ class ModelStore:
     def status(self) -> tuple[str, bool]:
         """(markdown, nothing left to wait for): one line per default model."""
         lines, ready = [], True
-        keys = [("clip", self.config.clip_model)]
-        if self.config.load_sam:
-            keys.append(("sam", self.config.default_sam(), "fp32"))
-        for key in keys:
+        for key in self._default_keys():
             what = (f"CLIP {self.clip_display_name(key[1])}" if key[0] == "clip"
                     else f"SAM {self.sam_display_name(key[1])}")
             future = self._futures.get(key)
@@ -207,4 +227,8 @@ class ModelStore:
                 ready = False
             else:
                 lines.append(f"**{what}**: ready")
+        hint = tiny_checkpoints_hint()
+        if hint and self._weights_missing():
+            lines.append(f"To try the app without downloading weights (random tiny models: the maps mean nothing, "
+                         f"the code path is the real one): `{hint}`")
         return "\n\n".join(lines), ready

@@ -1,42 +1,34 @@
-"""What the page shows of a render: gallery items, the masks layers, histograms and the summary table."""
+"""What the page shows of a render: the overview of all masks, one card per label, the summary
+table, the mask chooser's choices, and the files the page is handed."""
 
 from __future__ import annotations
+
+import html
+import re
 
 import numpy as np
 
 from surgery.method.views import Explanation
-from surgery.output.files import mask_layers, overlay_names
-from surgery.output.histogram import histogram_image
+from surgery.output.files import label_slug, mask_layers, overlay_names
 
 from .session import SessionState
 
-
-def shown_files(explanation: Explanation) -> list[str]:
-    """The overlay files the galleries show (the rest are only in the zip)."""
-    return [name for view in explanation.labels for name in overlay_names(view.text)]
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
 
 
-def heatmap_gallery(explanation: Explanation, image_files: dict[str, str]) -> list[tuple[str, str]]:
-    """(file, caption) pairs: CLIP and CLIP Surgery overlay per label; `image_files` maps the
-    overlay file names to where they were written."""
-    items = []
+def markdown_text(text: str) -> str:
+    """Text a person typed, shown literally inside Markdown: HTML escaped, Markdown's syntax escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
+
+
+def shown_files(explanation: Explanation, with_masks: bool) -> list[str]:
+    """The overlay files the cards show (the rest are only in the zip)."""
+    names = []
     for view in explanation.labels:
-        clip_name, surgery_name, _ = overlay_names(view.text)
-        items.append((image_files[clip_name], f"CLIP · {view.text}"))
-        caption = f"CLIP Surgery · {view.text}" + ("" if view.found else " (not found)")
-        items.append((image_files[surgery_name], caption))
-    return items
-
-
-def points_gallery(explanation: Explanation, image_files: dict[str, str]) -> list[tuple[str, str]]:
-    items = []
-    for view in explanation.labels:
-        positives = int((view.points[:, 2] == 1).sum())
-        negatives = len(view.points) - positives
-        caption = (f"{view.text}: {positives} positive, {negatives} negative" if view.found
-                   else f"{view.text}: not found")
-        items.append((image_files[overlay_names(view.text)[2]], caption))
-    return items
+        names.extend(overlay_names(view.text))
+        if with_masks and view.chosen_mask is not None:
+            names.append(f"sam_{label_slug(view.text)}.png")
+    return names
 
 
 def annotated_masks(state: SessionState, explanation: Explanation) -> tuple[np.ndarray, list]:
@@ -45,23 +37,42 @@ def annotated_masks(state: SessionState, explanation: Explanation) -> tuple[np.n
     return state.image_rgb, [(mask.astype(np.float32), name) for name, mask in zip(names, masks) if mask is not None]
 
 
-def histogram_gallery(state: SessionState, explanation: Explanation) -> list[tuple[np.ndarray, str]]:
-    return [
-        (histogram_image(view.maps.surgery_parts, explanation.threshold, suggested=state.suggested_threshold,
-                                title=f"raw CLIP Surgery · {view.text}"), view.text)
-        for view in explanation.labels
-    ]
+def found_labels(explanation: Explanation) -> list[str]:
+    """Labels with a mask to choose a candidate for."""
+    return [view.text for view in explanation.labels if view.mask is not None]
 
 
-def summary_markdown(state: SessionState, explanation: Explanation, sam_pending: bool = False) -> str:
-    found = [v.text for v in explanation.labels if v.found]
-    missing = [v.text for v in explanation.labels if not v.found]
+def candidate_choices(explanation: Explanation | None, label: str | None) -> list[tuple[str, str]]:
+    """The SAM candidates of `label` as radio choices: "best", then "2 · 0.91 · 12 %" per candidate."""
+    view = next((v for v in (explanation.labels if explanation else ()) if v.text == label), None)
+    if view is None or view.mask is None:
+        return [("best", "best")]
+    choices = [(f"best ({view.mask.best + 1})", "best")]
+    for index, (candidate, score) in enumerate(zip(view.mask.candidates, view.mask.scores)):
+        choices.append((f"{index + 1} · {float(score):.2f} · {candidate.mean():.0%}", str(index + 1)))
+    return choices
+
+
+def headline_markdown(state: SessionState, explanation: Explanation, sam_pending: bool = False) -> str:
+    """What was found, with which settings, and any notes (shown above the cards)."""
+    found = [markdown_text(v.text) for v in explanation.labels if v.found]
+    missing = [markdown_text(v.text) for v in explanation.labels if not v.found]
     threshold = "off" if explanation.threshold is None else f"{explanation.threshold:g}"
     lines = [
         f"**Found:** {', '.join(found) or 'none'}  \n**Not found:** {', '.join(missing) or 'none'}  \n"
-        f"Threshold {threshold} · {state.model_name} at {state.maps.options.resolution} px · "
-        f"redundancy `{state.maps.options.redundancy}` · SAM {state.sam_name or 'off'}",
-        "",
+        f"Threshold {threshold} · {markdown_text(state.model_name)} at {state.maps.options.resolution} px · "
+        f"redundancy `{state.maps.options.redundancy}` · SAM {markdown_text(state.sam_name or 'off')}"
+        + ("  \n*Computing masks… the heatmaps are ready; the threshold can be moved meanwhile.*"
+           if sam_pending else "")
+    ]
+    if state.notes:
+        lines += ["", *(f"> Note: {markdown_text(note)}" for note in state.notes)]
+    return "\n".join(lines)
+
+
+def details_markdown(state: SessionState, explanation: Explanation, sam_pending: bool = False) -> str:
+    """The per-label table and the time per stage (the page's collapsed "Details")."""
+    lines = [
         "| label | found | presence | points (+/−) | mask area | mask score |",
         "|---|---|---|---|---|---|",
     ]
@@ -78,11 +89,13 @@ def summary_markdown(state: SessionState, explanation: Explanation, sam_pending:
                 score += f" (candidate {view.chosen + 1})"
         elif view.found and sam_pending:
             area = score = "computing…"
-        lines.append(f"| {view.text} | {'yes' if view.found else 'no'} | {view.maps.presence:.2f} | "
+        lines.append(f"| {markdown_text(view.text)} | {'yes' if view.found else 'no'} | {view.maps.presence:.2f} | "
                      f"{positives}/{len(view.points) - positives} | {area} | {score} |")
     stages = ", ".join(f"{name.replace('_', ' ')} {seconds * 1000:.0f} ms"
                        for name, seconds in explanation.timings.items())
-    lines += ["", f"Time per stage: {stages}"]
-    if state.notes:
-        lines += ["", *(f"> Note: {note}" for note in state.notes)]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", f"Time per stage: {stages}"])
+
+
+def summary_markdown(state: SessionState, explanation: Explanation, sam_pending: bool = False) -> str:
+    """Headline and details together (what the API returns as its summary)."""
+    return headline_markdown(state, explanation, sam_pending) + "\n\n" + details_markdown(state, explanation, sam_pending)

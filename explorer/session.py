@@ -93,6 +93,8 @@ class SessionState:
     source_size: tuple[int, int] | None = None  # (height, width) of the decoded upload; image_rgb may be scaled
     threshold: float | None = None  # the last one rendered (a Run's masks follow a move made meanwhile)
     png_memo: PngMemo = field(default_factory=lambda: PngMemo(16 << 20), repr=False, compare=False)
+    shown: Explanation | None = field(default=None, repr=False, compare=False)  # the last render (mask choices)
+    mask_label: str | None = None  # the label the mask chooser shows
     # Re-render events of one session run one at a time, so the last one triggered renders last
     # with every option it changed (they share a concurrency group across sessions).
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)

@@ -205,11 +205,22 @@ def image_size(path: Path) -> tuple[int, int]:
 # --- reading what /explain returns ---------------------------------------------------
 
 def result_json(outputs) -> dict:
-    path = next(o for o in outputs if isinstance(o, str) and o.endswith("result.json"))
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """result.json's content: /explain's first output."""
+    assert isinstance(outputs[0], dict), outputs
+    return outputs[0]
+
+
+def summary(outputs) -> str:
+    return outputs[1]
+
+
+def gallery_captions(outputs, kinds: tuple[str, ...] = ("CLIP", "CLIP Surgery", "Points", "SAM")) -> list[str]:
+    """Captions of the overlay images (/explain with include_files=True), of the given kinds."""
+    return [item["caption"] for item in outputs[3] if item["caption"].split(" · ", 1)[0] in kinds]
 
 
 def points_images(outputs) -> list[np.ndarray]:
-    """The 'Points for SAM' gallery as RGB arrays (PNG, lossless). With no points drawn (every
-    label not found) each one is exactly the image the server decoded."""
-    return [np.asarray(Image.open(item["image"]).convert("RGB")) for item in outputs[1]]
+    """The 'Points' overlays as RGB arrays (PNG, lossless; /explain with include_files=True). With no
+    points drawn (every label not found) each one is exactly the image the server decoded."""
+    return [np.asarray(Image.open(item["image"]).convert("RGB")) for item in outputs[3]
+            if item["caption"].startswith("Points · ")]

@@ -28,13 +28,9 @@ def explain(app, **kwargs):
     return client.predict(handle_file(str(IMAGE)), LABELS, api_name="/explain", **kwargs)
 
 
-def result_path(outputs) -> str:
-    return next(o for o in outputs if isinstance(o, str) and o.endswith("result.json"))
-
-
 def test_api_result_equals_cli_result(app, tmp_path):
     outputs = explain(app, threshold=0)
-    api_result = json.loads(open(result_path(outputs), encoding="utf-8").read())
+    api_result = outputs[0]
     out = tmp_path / "cli"
     subprocess.run([sys.executable, "-m", "surgery", "explain", str(IMAGE), "--labels", LABELS,
                     "--clip-checkpoint", str(TINY_CLIP), "--sam-checkpoint", str(TINY_SAM), "--out", str(out)],
@@ -53,7 +49,7 @@ def test_large_upload_is_worked_on_at_1024_px_as_the_cli_does(app, tmp_path):
     Image.open(IMAGE).convert("RGB").resize((1804, 1200), Image.BICUBIC).save(big)
     client = Client(app.url, verbose=False)
     outputs = client.predict(handle_file(str(big)), "cat", api_name="/explain")
-    api_result = json.loads(open(result_path(outputs), encoding="utf-8").read())
+    api_result = outputs[0]
     assert (api_result["width"], api_result["height"]) == (1024, 681)
     assert (api_result["source_width"], api_result["source_height"]) == (1804, 1200)
     assert any("1804×1200" in note for note in api_result["notes"]), api_result["notes"]
@@ -66,7 +62,7 @@ def test_large_upload_is_worked_on_at_1024_px_as_the_cli_does(app, tmp_path):
 
 def test_api_threshold_and_advanced_options(app):
     outputs = explain(app, threshold=1.0, resolution=224, redundancy="empty", sam_choice="off")
-    result = json.loads(open(result_path(outputs), encoding="utf-8").read())
+    result = outputs[0]
     assert result["resolution"] == 224 and result["redundancy"] == "empty" and result["sam_model"] is None
     assert all(not entry["found"] and entry["points"] == [] for entry in result["labels"])
 

@@ -67,7 +67,7 @@ def request_plan(images, client: int, index: int) -> dict:
 
 def send(client: Client, plan: dict):
     return client.submit(handle_file(str(plan["image"])), plan["labels"], 0.0, resolution=plan["resolution"],
-                         sam_choice=plan["sam_choice"], api_name="/explain")
+                         sam_choice=plan["sam_choice"], include_files=True, api_name="/explain")
 
 
 def check_own_result(outputs, plan: dict) -> dict:
@@ -81,7 +81,7 @@ def check_own_result(outputs, plan: dict) -> dict:
     assert (result["sam_model"] is None) == (plan["sam_choice"] == "off"), where
     if len(plan["expected"]) < len([t for t in plan["labels"].replace(";", ",").split(",") if t.strip()]):
         assert any("more than once" in note for note in result["notes"]), where
-    captions = [item["caption"].split(" · ", 1)[1].replace(" (not found)", "") for item in outputs[0]]
+    captions = [caption.split(" · ", 1)[1] for caption in media.gallery_captions(outputs, ("CLIP", "CLIP Surgery"))]
     assert captions == [text for text in plan["expected"] for _ in range(2)], where
     for picture in media.points_images(outputs):
         assert picture.shape == (height, width, 3), where

@@ -67,6 +67,15 @@ def handlers(tmp_path):
     store.close()
 
 
+def named(outputs: tuple) -> dict:
+    """A render's outputs by name (Run's also carry the session state)."""
+    return dict(zip(Handlers.PAGE_OUTPUT_NAMES + ("state",), outputs))
+
+
+def result_of(outputs: tuple) -> dict:
+    return json.loads(Path(named(outputs)["result_json"]).read_text())
+
+
 def rocket_upload() -> PIL.Image.Image:
     image = PIL.Image.open(ROCKET)
     image.load()
@@ -84,7 +93,7 @@ def test_upload_pre_encode_makes_run_encode_nothing(handlers, calls):
     yields = run_all(handlers, image)
     assert calls.count("CLIP image encoder") == 1 and calls.count("SAM image encoder") == 1  # Run reused both
     assert len(yields) == 2  # heatmaps first, then the masks
-    result = json.loads(Path(yields[-1][6]).read_text())
+    result = result_of(yields[-1])
     assert [entry["label"] for entry in result["labels"]] == ["rocket", "smoke", "giraffe"]
     assert all(entry["mask_area"] is not None for entry in result["labels"] if entry["found"])
 
@@ -92,34 +101,41 @@ def test_upload_pre_encode_makes_run_encode_nothing(handlers, calls):
 def test_run_threshold_move_and_candidate_choice(handlers, calls):
     image = rocket_upload()
     first, final = run_all(handlers, image)
-    heatmaps, points, masks, histograms, summary, zip_path, json_path, state, slider, pick = final
-    assert first[5] is None and first[6] is None  # no downloads until SAM is done
-    assert "computing…" in first[4] and "computing…" not in summary
-    assert [caption for _, caption in heatmaps][:2] == ["CLIP · rocket", "CLIP Surgery · rocket"]
-    assert len(heatmaps) == 6 and len(points) == 3 and len(histograms) == 3
+    first, final = named(first), named(final)
+    state = final["state"]
+    assert first["zip"] is None and first["result_json"] is None  # no downloads until SAM is done
+    assert "computing masks" in first["cards"] and "Computing masks" in first["headline"]
+    assert "computing" not in final["cards"] + final["headline"] + final["details"]
+    assert final["cards"].count('class="label-card ') == 3 and final["cards"].count("<svg") == 3
+    assert final["cards"].count("sam_") == 3 * 2  # each found label's mask: the picture and its link
     assert isinstance(state, S.SessionState) and state.sam_key == ("vit_b", "fp32")
-    assert pick["choices"] == ["rocket", "smoke", "giraffe"]
-    assert Path(zip_path).is_file()
+    assert final["mask_labels"]["choices"] == ["rocket", "smoke", "giraffe"]
+    assert Path(final["zip"]).is_file() and final["overview"] is not None
 
     encoders = calls.count("image encoder")
     top = max(float(lm.surgery_parts.max()) for lm in state.maps.labels)
     moved = handlers.rethreshold(state, top + 0.01)  # above every value: nothing found
     assert calls.count("image encoder") == encoders
-    moved_result = json.loads(Path(moved[6]).read_text())
+    moved_result = result_of(moved)
     assert moved_result["threshold"] == pytest.approx(top + 0.01)
-    assert not any(entry["found"] for entry in moved_result["labels"]) and "**Found:** none" in moved[4]
+    assert not any(entry["found"] for entry in moved_result["labels"]) and "**Found:** none" in named(moved)["headline"]
 
     back = handlers.rethreshold(state, 0)
     decodes = calls.count("SAM mask decoder")
     chosen = handlers.choose_mask(state, 0, "rocket", "3")
     assert calls.count("SAM mask decoder") == decodes  # a candidate choice decodes nothing
-    rocket = json.loads(Path(chosen[6]).read_text())["labels"][0]
-    assert rocket["mask_choice"] == 2 and "(candidate 3)" in chosen[4]
+    rocket = result_of(chosen)["labels"][0]
+    assert rocket["mask_choice"] == 2 and "(candidate 3)" in named(chosen)["details"]
+    assert "SAM mask (candidate 3)" in named(chosen)["cards"]
     assert rocket["mask_area"] == rocket["mask_candidates"][2]["area"]
-    assert handlers.shown_candidate(state, "rocket")["value"] == "3"
-    best = json.loads(Path(handlers.choose_mask(state, 0, "rocket", "best")[6]).read_text())["labels"][0]
+    shown = handlers.shown_candidate(state, "rocket")
+    assert shown["value"] == "3" and [value for _, value in shown["choices"]] == ["best", "1", "2", "3"]
+    for (text, _), candidate in zip(shown["choices"][1:], rocket["mask_candidates"]):
+        area = candidate["area"] / (result_of(chosen)["width"] * result_of(chosen)["height"])
+        assert text.split(" · ")[1:] == [f"{candidate['score']:.2f}", f"{area:.0%}"]
+    best = result_of(handlers.choose_mask(state, 0, "rocket", "best"))["labels"][0]
     assert best["mask_choice"] == int(np.argmax([c["score"] for c in best["mask_candidates"]]))
-    assert json.loads(Path(back[6]).read_text())["threshold"] is None
+    assert result_of(back)["threshold"] is None
 
 
 def test_threshold_meaning_is_the_same_as_the_cli(handlers):
@@ -127,20 +143,19 @@ def test_threshold_meaning_is_the_same_as_the_cli(handlers):
     import gradio as gr
 
     image = rocket_upload()
-    off = json.loads(Path(run_all(handlers, image, threshold=0, sam="off")[-1][6]).read_text())
+    off = result_of(run_all(handlers, image, threshold=0, sam="off")[-1])
     assert off["threshold"] is None and all(entry["found"] for entry in off["labels"])
-    applied = json.loads(Path(run_all(handlers, image, threshold=9.5, sam="off")[-1][6]).read_text())
+    applied = result_of(run_all(handlers, image, threshold=9.5, sam="off")[-1])
     assert applied["threshold"] == 9.5 and not any(entry["found"] for entry in applied["labels"])
     with pytest.raises(gr.Error, match=r"from 0 \(off\) to 10; got -0.5"):
         run_all(handlers, image, threshold=-0.5, sam="off")
 
 
 def test_suggest_needs_a_run_and_a_map_that_is_not_flat(handlers):
-    import gradio as gr
-
-    with pytest.raises(gr.Error, match="Run first"):
-        handlers.suggest(None)
-    state = run_all(handlers, rocket_upload(), sam="off")[-1][7]
+    """A warning, never an error: the slider is Suggest's output and must stay as it was."""
+    with pytest.warns(UserWarning, match="Run first"):
+        assert handlers.suggest(None) == {"__type__": "update"}
+    state = named(run_all(handlers, rocket_upload(), sam="off")[-1])["state"]
     value = handlers.suggest(state)["value"]
     values = np.concatenate([lm.surgery_parts.ravel() for lm in state.maps.labels])
     assert values.min() < value < values.max()
@@ -149,8 +164,8 @@ def test_suggest_needs_a_run_and_a_map_that_is_not_flat(handlers):
                                  tuple(type(lm)(lm.label, lm.clip_map, lm.surgery_map,
                                                 np.zeros_like(lm.surgery_parts), lm.presence)
                                        for lm in state.maps.labels))
-    with pytest.raises(gr.Error, match="flat"):
-        handlers.suggest(flat)
+    with pytest.warns(UserWarning, match="flat"):
+        assert handlers.suggest(flat) == {"__type__": "update"}
 
 
 def test_an_unexpected_error_is_a_generic_message_and_a_logged_traceback(handlers, caplog):
@@ -168,7 +183,7 @@ def test_an_unexpected_error_is_a_generic_message_and_a_logged_traceback(handler
     try:
         steps = handlers.run(rocket_upload(), "rocket", 0, "ViT-B/16", 224, "vocab", "vit_b", "fp32")
         heatmaps_first = next(steps)
-        assert "computing…" in heatmaps_first[4]
+        assert "computing masks" in named(heatmaps_first)["cards"]
         with caplog.at_level(logging.ERROR, logger="app"), pytest.raises(gr.Error) as raised:
             next(steps)
     finally:
@@ -192,19 +207,19 @@ def test_masks_that_arrive_follow_a_threshold_moved_while_sam_works(handlers):
     try:
         steps = handlers.run(rocket_upload(), "rocket, smoke", 0, "ViT-B/16", 224, "vocab", "vit_b", "fp32")
         first = next(steps)
-        state = first[7]
+        state = named(first)["state"]
         finished = []
         runner = threading.Thread(target=lambda: finished.append(next(steps)))
         runner.start()
         assert encoding.wait(60)
         top = max(float(lm.surgery_parts.max()) for lm in state.maps.labels)
         moved = handlers.rethreshold(state, top + 0.01)  # while SAM encodes: shown as computing…
-        assert moved[5] is None and not any(view.found for view in S.rerender(state, top + 0.01, None).labels)
+        assert named(moved)["zip"] is None and not any(view.found for view in S.rerender(state, top + 0.01, None).labels)
         release.set()
         runner.join(60)
     finally:
         segmenter.embed = original
-    result = json.loads(Path(finished[0][6]).read_text())
+    result = result_of(finished[0])
     assert result["threshold"] == pytest.approx(top + 0.01)
     assert not any(entry["found"] for entry in result["labels"])
 
@@ -215,7 +230,7 @@ def test_an_evicted_model_is_freed_and_sessions_ask_the_store_again(tmp_path, ca
     store = make_store(tmp_path, max_loaded=1, backbone_checkpoints={"RN50": TINY_CLIP_RN})
     handlers = Handlers(store, tmp_path / "served")
     try:
-        state = run_all(handlers, rocket_upload(), labels="rocket, smoke")[-1][7]
+        state = named(run_all(handlers, rocket_upload(), labels="rocket, smoke")[-1])["state"]
         default_clip = weakref.ref(store.clip("ViT-B/16"))
         default_sam = weakref.ref(store.sam("vit_b", "fp32"))
         store.clip("RN50")  # the one CLIP slot goes to RN50
@@ -228,7 +243,7 @@ def test_an_evicted_model_is_freed_and_sessions_ask_the_store_again(tmp_path, ca
         text, ready = store.status()
         assert ready and "loading" not in text and text.count("unloaded to free memory") == 2
         encodings = calls.count("SAM image encoder")
-        moved = json.loads(Path(handlers.rethreshold(state, 0)[6]).read_text())
+        moved = result_of(handlers.rethreshold(state, 0))
         assert calls.count("SAM image encoder") == encodings + 1  # the reloaded SAM embeds the image again
         assert all(entry["mask_area"] is not None for entry in moved["labels"] if entry["found"])
         assert f"**SAM {TINY_SAM.name}**: ready" in store.status()[0]
@@ -250,3 +265,59 @@ def test_a_slow_load_reports_progress_while_it_waits(tmp_path):
         store.close()
     assert explainer.name == TINY_CLIP.name
     assert len(messages) >= 2 and all(m.startswith(f"Loading CLIP {TINY_CLIP.name} weights…") for m in messages)
+
+
+def test_validate_refuses_before_the_queue_and_run_is_never_reached(handlers, calls):
+    import gradio as gr
+
+    image = rocket_upload()
+    base = [image, "rocket", 0, "ViT-B/16", 224, "vocab", "vit_b", "fp32", False, False]
+    assert handlers.validate(*base) is None
+    cases = {
+        "no image": ([None] + base[1:], "Upload an image"),
+        "no labels": (base[:1] + [" , "] + base[2:], "No labels found"),
+        "too many": (base[:1] + [", ".join(f"l{i}" for i in range(20))] + base[2:], "limit is 16"),
+        "negative threshold": (base[:2] + [-1] + base[3:], "from 0"),
+        "bad redundancy": (base[:5] + ["nope"] + base[6:], "Redundancy must be"),
+        "bad SAM": (base[:6] + ["vit_z"] + base[7:], "Unknown SAM model"),
+        "bad precision": (base[:7] + ["fp8"] + base[8:], "Precision must be"),
+        "bad resolution": (base[:4] + ["big"] + base[5:], "whole number of pixels"),
+    }
+    for name, (args, message) in cases.items():
+        with pytest.raises(gr.Error, match=message):
+            handlers.validate(*args)
+    assert calls.lines == []  # no model was touched
+
+
+def test_options_changed_after_a_run_mark_the_results_stale(handlers):
+    assert handlers.mark_stale(None) == ""
+    state = named(run_all(handlers, rocket_upload(), sam="off")[-1])["state"]
+    assert "previous options" in handlers.mark_stale(state)
+    assert named(handlers.rethreshold(state, 0))["notice"] == ""  # a new render clears it
+
+
+def test_slider_range_follows_the_image(handlers):
+    state = named(run_all(handlers, rocket_upload(), sam="off")[-1])["state"]
+    top = max(float(lm.surgery_parts.max()) for lm in state.maps.labels)
+    maximum = handlers.slider_range(state)["maximum"]
+    assert top < maximum <= max(0.05, top * 1.2 + 0.01)
+
+
+def test_the_api_returns_plain_values_and_files_only_on_request(handlers):
+    image = rocket_upload()
+    result, summary, zip_path, images = handlers.explain(image, "rocket, smoke", 0, "ViT-B/16", 224, "vocab",
+                                                         "vit_b", "fp32")
+    assert isinstance(result, dict) and [entry["label"] for entry in result["labels"]] == ["rocket", "smoke"]
+    assert result["sam_model"] == TINY_SAM.name and "**Found:**" in summary and "| label |" in summary
+    assert zip_path is None and images == []
+    again = handlers.explain(image, "rocket, smoke", 0, "ViT-B/16", 224, "vocab", "vit_b", "fp32",
+                             include_files=True)
+    assert again[0] == result
+    import zipfile
+
+    with zipfile.ZipFile(again[2]) as archive:
+        assert json.loads(archive.read("result.json")) == result
+        assert {"hist_rocket.png", "sam_rocket.png", "maps.npz", "coco.json"} <= set(archive.namelist())
+    captions = [caption for _, caption in again[3]]
+    assert captions[:4] == ["CLIP · rocket", "CLIP Surgery · rocket", "Points · rocket", "SAM · rocket"]
+    assert all(Path(path).is_file() for path, _ in again[3])

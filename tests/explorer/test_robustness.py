@@ -106,7 +106,8 @@ def call_rest(app, image, threshold_json: str, labels: str = "cat, dog") -> tupl
 def check_format_case(app, path, expected_pixels=None, tolerance=0.0, sam=True):
     """Threshold above every value: nothing is found, no points are drawn, so the points
     gallery shows exactly the RGB image the server decoded."""
-    outputs = explain(app, path, threshold=ABOVE_EVERY_VALUE, sam_choice="vit_b" if sam else "off")
+    outputs = explain(app, path, threshold=ABOVE_EVERY_VALUE, sam_choice="vit_b" if sam else "off",
+                      include_files=True)
     result = media.result_json(outputs)
     width, height = media.image_size(path)
     assert (result["width"], result["height"]) == (width, height)
@@ -281,10 +282,10 @@ def test_very_long_label_is_shortened_with_a_note(app, files):
     ("🐱, 🚀+smoke", ["🐱", "🚀+smoke"], None),
 ], ids=["trailing-plus", "double-plus", "unicode", "emoji"])
 def test_label_spellings(app, files, typed, expected, note):
-    outputs = explain(app, media.jpeg(files), typed)
+    outputs = explain(app, media.jpeg(files), typed, include_files=True)
     result = media.result_json(outputs)
     assert labels_of(result) == expected
-    captions = [item["caption"] for item in outputs[0]]
+    captions = media.gallery_captions(outputs, ("CLIP", "CLIP Surgery"))
     assert captions == [f"{kind} · {text}" for text in expected for kind in ("CLIP", "CLIP Surgery")]
     if note:
         assert any(note in n for n in result["notes"]), result["notes"]
@@ -299,7 +300,7 @@ def test_threshold_above_every_value_finds_nothing(app, files):
     result = media.result_json(outputs)
     assert result["threshold"] == ABOVE_EVERY_VALUE
     assert all(not e["found"] and e["points"] == [] and e["mask_area"] is None for e in result["labels"])
-    assert "**Found:** none" in outputs[4]
+    assert "**Found:** none" in media.summary(outputs)
 
 
 THRESHOLD_RULE = r"from 0 \(off\) to 10"

@@ -1,0 +1,64 @@
+"""The label cards' HTML: text shown as text, pictures whole, the histogram's marks."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from explorer.cards import cards_html, histogram_svg, legend_html
+from surgery.method.labels import parse_labels
+from surgery.method.results import MapOptions
+from surgery.method.views import apply_threshold
+from surgery.output.files import overlay_names
+
+HOSTILE = '<img src=x onerror=alert(1)>, <script>alert(2)</script>, [link](javascript:x), fish & chips, "quoted"'
+
+
+@pytest.fixture(scope="module")
+def explanation(explainer, rocket):
+    maps = explainer.compute_maps(rocket, parse_labels(HOSTILE).labels, MapOptions(224, "labels"))
+    return apply_threshold(maps, None)
+
+
+def test_labels_are_text_and_nothing_runs(explanation):
+    files = {name: f"/served/{name}" for view in explanation.labels for name in overlay_names(view.text)}
+    html = cards_html(explanation, files, suggested=None, sam_state="off")
+    assert "<script" not in html and "<img src=x" not in html and "onerror=alert" not in html.replace(
+        "onerror=alert(1)&gt;", "")
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in html and "fish &amp; chips" in html and "&quot;quoted&quot;" in html
+    assert html.count('class="label-card ') == len(explanation.labels) == 5
+
+
+def test_pictures_keep_their_aspect_and_open_larger(explanation):
+    view = explanation.labels[0]
+    files = {name: f"/served/x/{name}" for name in overlay_names(view.text)}
+    html = cards_html(explanation, files, suggested=None, sam_state="off")
+    width, height = explanation.maps.width, explanation.maps.height
+    pictures = re.findall(r'<img src="([^"]+)"[^>]* width="(\d+)" height="(\d+)"', html)
+    assert len(pictures) == 3  # CLIP, CLIP Surgery, points; SAM is off
+    assert all((int(w), int(h)) == (width, height) for _, w, h in pictures)
+    assert all(f'href="{src}" target="_blank"' in html for src, _, _ in pictures)
+    assert "SAM is off" in html
+
+
+def test_histogram_marks_and_labels_threshold_and_suggestion():
+    values = np.concatenate([np.linspace(-0.1, 0.0, 500), np.linspace(0.05, 0.2, 100)])
+    svg = histogram_svg(values, threshold=0.12, suggested=0.03, label="cat")
+    assert 'class="threshold"' in svg and "threshold 0.12" in svg
+    assert 'class="suggested"' in svg and "suggested 0.03" in svg
+    assert svg.count("<title>") == svg.count("<rect")  # a tooltip per bar
+    counts = [int(n) for n in re.findall(r"<title>(\d+) patches", svg)]
+    assert sum(counts) == values.size
+    evidence = re.findall(r'<rect class="bar evidence"[^>]*><title>(\d+)', svg)
+    bin_counts, edges = np.histogram(values, bins=40)
+    assert sum(int(n) for n in evidence) == int(bin_counts[edges[:-1] >= 0.12].sum()) > 0  # bins starting at t or above
+    off = histogram_svg(values, threshold=None, suggested=None, label="cat")
+    assert 'class="threshold"' not in off and "evidence" not in off
+    assert "no data" in histogram_svg(np.array([]), None, None, "x")
+
+
+def test_the_colour_bar_explains_stretching():
+    assert "stretched" in legend_html(None) and "least-bad" in legend_html(None)
+    assert "0.1" in legend_html(0.1) and "no evidence" in legend_html(0.1)
