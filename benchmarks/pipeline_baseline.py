@@ -188,7 +188,7 @@ class BaselineApp:
         backbone, resolution, redundancy, sam_name, precision = self.options
         for outputs in self.handlers.run(image, labels_text, threshold, backbone, resolution, redundancy,
                                          sam_name, precision):
-            self.requests[id(outputs[7])] = (image, labels_text)
+            self.requests[id(outputs[-1])] = (image, labels_text)  # Run's last output: the state
             yield outputs
 
     def rethreshold(self, state, threshold: float) -> tuple:

@@ -227,6 +227,13 @@ class LogWatch(logging.Handler):
         return self.message or ""
 
 
+def _page_index(name: str) -> int:
+    from explorer.handlers import Handlers
+
+    return (*Handlers.PAGE_OUTPUT_NAMES, "state").index(name)
+
+
+DETAILS, STATE = _page_index("details"), _page_index("state")  # where a render's timings and Run's state are
 _SUMMARY_TIMES = re.compile(r"^Time per stage: (.*)$", re.MULTILINE)
 
 
@@ -256,14 +263,13 @@ class GradioPostprocess:
     def __init__(self) -> None:
         import gradio as gr
 
-        with gr.Blocks():  # the page's heatmaps, points, masks and histograms outputs
-            self.components = [gr.Gallery(format="png"), gr.Gallery(format="png"),
-                               gr.AnnotatedImage(format="png"), gr.Gallery(format="png")]
+        with gr.Blocks():  # the page's only image output Gradio encodes: the masks overview (cards are files)
+            self.components = [gr.AnnotatedImage(format="png")]
 
     def __call__(self, outputs: tuple) -> float:
-        """Postprocess the first four outputs of a handler; returns the seconds it took."""
+        """Postprocess a handler's image outputs; returns the seconds it took."""
         start = time.perf_counter()
-        for component, value in zip(self.components, outputs[:4]):
+        for component, value in zip(self.components, outputs[:1]):
             if value is not None and not isinstance(value, dict):  # dict: a gr.update
                 component.postprocess(value)
         return time.perf_counter() - start
@@ -299,11 +305,11 @@ class Meter:
         for _ in generator:
             raise RuntimeError("run yielded more than twice")
         extra = self.extrapolated() - extra_before
-        state = second[7]
+        state = second[STATE]
         maps = pick(state.maps.timings, MAPS_STAGES)
         maps["text"] = maps.get("text", 0.0) + extra
-        first_stages = {**maps, **pick(summary_timings(first[4]), ("points",))}
-        stages = {**maps, **pick(summary_timings(second[4]), EXPLANATION_STAGES), "ui_png": first_ui + second_ui}
+        first_stages = {**maps, **pick(summary_timings(first[DETAILS]), ("points",))}
+        stages = {**maps, **pick(summary_timings(second[DETAILS]), EXPLANATION_STAGES), "ui_png": first_ui + second_ui}
         return {"first_s": first_s + extra, "masks_s": masks_s + extra, "total_s": total_s + extra,
                 "first_stages": {"seconds": first_stages, "calls": dict(first_calls)},
                 "stages": {"seconds": stages, "calls": dict(self.calls.counts - calls_before)},
@@ -337,12 +343,12 @@ def rerender_stages(explanation: Any) -> dict[str, float]:
 
 def rethreshold_stages(outputs: tuple) -> dict[str, float]:
     """The stages of a rethreshold handler's outputs (from its summary) that the move itself ran."""
-    return pick(summary_timings(outputs[4]), RERENDER_STAGES)
+    return pick(summary_timings(outputs[DETAILS]), RERENDER_STAGES)
 
 
 def full_request_stages(outputs: tuple) -> dict[str, float]:
     """All stages of a Run's last yield (the baseline's threshold move is a whole Run)."""
-    return {**pick(outputs[7].maps.timings, MAPS_STAGES), **pick(summary_timings(outputs[4]), EXPLANATION_STAGES)}
+    return {**pick(outputs[STATE].maps.timings, MAPS_STAGES), **pick(summary_timings(outputs[DETAILS]), EXPLANATION_STAGES)}
 
 
 def profile(call: Callable[[], Any], lines: int = 45) -> str:

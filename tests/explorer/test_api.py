@@ -86,3 +86,69 @@ def test_page_answers_without_weights(tmp_path):
         message = str(error.value)
         assert "not available" in message and "--clip-checkpoint" in message
         assert "Traceback" not in message
+
+
+def test_readme_api_example_runs_as_printed(app, tmp_path):
+    """The README's client example, with only the server's URL and the image's path made local."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"### API\n\n```python\n(.*?)```", readme, re.S).group(1)
+    assert 'Client("http://127.0.0.1:7860/")' in code and 'handle_file("assets/rocket.jpg")' in code
+    code = code.replace("http://127.0.0.1:7860/", app.url).replace('"assets/rocket.jpg"',
+                                                                 repr(str(ROOT / "assets" / "rocket.jpg")))
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["rocket", "smoke", "sky"]
+
+
+def test_plain_values_and_files_only_on_request(app):
+    result, summary, zip_file, images = explain(app, threshold=0)
+    assert isinstance(result, dict) and isinstance(summary, str) and "**Found:**" in summary
+    assert zip_file is None and images == []
+    result2, _, zip_file2, images2 = explain(app, threshold=0, include_files=True)
+    assert result2 == result and zip_file2.endswith(".zip")
+    assert [item["caption"] for item in images2][:3] == ["CLIP · cat", "CLIP Surgery · cat", "Points · cat"]
+
+
+def test_api_info_describes_explain_and_hides_page_events(app):
+    with urllib.request.urlopen(app.url + "gradio_api/info", timeout=30) as response:
+        info = json.load(response)
+    assert list(info["named_endpoints"]) == ["/explain"]
+    names = [p["parameter_name"] for p in info["named_endpoints"]["/explain"]["parameters"]]
+    assert names[:3] == ["image", "labels_text", "threshold"] and "include_files" in names
+
+
+def test_mcp_schema_lists_the_explain_tool(app):
+    with urllib.request.urlopen(app.url + "gradio_api/mcp/schema", timeout=30) as response:
+        tools = json.load(response)
+    tool = next(t for t in tools if t["name"].endswith("explain"))
+    assert "CLIP Surgery" in tool["description"]
+    assert {"image", "labels_text", "threshold"} <= set(tool["inputSchema"]["properties"])
+
+
+def test_offline_start_shows_the_tiny_checkpoint_command_at_once(tmp_path):
+    """No weights and no network: the page is up and says how to run on the bundled checkpoints."""
+    import time
+
+    started = time.monotonic()
+    with running_app(tmp_path, "--model", "ViT-B/16", wait_ready=False) as server:
+        deadline = time.monotonic() + 60
+        while "To try the app without downloading weights" not in server.log():
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.2)
+        assert "--clip-checkpoint tests/data/parity/weights.safetensors" in server.log()
+        client = Client(server.url, verbose=False)
+        status = client.view_api(return_format="dict")  # the app answers
+        assert "/explain" in status["named_endpoints"]
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                                 args=["--headless", "--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(server.url)
+            page.locator("#model-status").filter(has_text="tests/data/sam_tiny.safetensors").wait_for(timeout=30_000)
+            browser.close()
+    print(f"offline start to hint: {time.monotonic() - started:.1f} s")

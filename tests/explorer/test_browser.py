@@ -29,31 +29,48 @@ def browser():
         browser.close()
 
 
-def test_upload_run_and_threshold_in_browser(browser, tmp_path):
+def _card_pictures_uncropped(page) -> None:
+    """Every picture in the cards is shown whole: its rendered aspect ratio equals the file's (3 %)."""
+    ratios = page.evaluate("""() => [...document.querySelectorAll('.label-card img')].map(img => [
+        img.naturalWidth / img.naturalHeight, img.getBoundingClientRect().width / img.getBoundingClientRect().height,
+        img.complete && img.naturalWidth > 0])""")
+    assert ratios, "no pictures in the cards"
+    for natural, rendered, loaded in ratios:
+        assert loaded and abs(rendered / natural - 1) <= 0.03, (natural, rendered)
+
+
+def _cards_do_not_scroll(page) -> None:
+    inner = page.evaluate("""() => [...document.querySelectorAll('.label-card, .label-card *')]
+        .filter(e => e.scrollHeight > e.clientHeight + 1 && ['auto', 'scroll'].includes(getComputedStyle(e).overflowY))
+        .length""")
+    assert inner == 0
+
+
+def test_enter_runs_cards_show_each_label_whole_and_a_threshold_move_calls_no_model(browser, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     with running_app(tmp_path, *tiny_args()) as server:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
         page.goto(server.url)
         expect(page.locator("#model-status")).to_contain_text("ready", timeout=60_000)
 
         _upload(page, ROOT / "assets" / "rocket.jpg")
-        page.get_by_label("Labels").fill(LABELS)
-        page.get_by_role("button", name="Run", exact=True).click()
+        labels = page.locator("#labels textarea, #labels input").first
+        labels.fill(LABELS)
+        labels.press("Enter")  # Enter in the Labels box runs
 
+        cards = page.locator(".label-card")
+        expect(cards).to_have_count(3, timeout=90_000)
+        expect(page.locator("#cards")).not_to_contain_text("computing masks", timeout=90_000)
+        expect(page.locator(".label-card .label-text")).to_have_text(["rocket", "smoke", "sky+cloud"])
+        expect(page.locator(".label-card img")).to_have_count(3 * 4)  # CLIP, CLIP Surgery, points, mask
+        expect(page.locator(".label-card svg")).to_have_count(3)  # one histogram per card
         summary = page.locator("#summary")
-        expect(summary).to_contain_text("Time per stage", timeout=90_000)
-        expect(summary).to_contain_text("mask score", timeout=90_000)
-        expect(summary).not_to_contain_text("computing", timeout=90_000)
-        expect(page.locator("#heatmaps img")).to_have_count(6)  # CLIP and CLIP Surgery per label
-        captions = page.locator("#heatmaps").inner_text()
-        for label in ("rocket", "smoke", "sky+cloud"):
-            assert f"CLIP · {label}" in captions and f"CLIP Surgery · {label}" in captions
-        expect(page.locator("#points img")).to_have_count(3)
-        expect(page.locator("#masks img").first).to_be_visible()
-        expect(page.locator("#masks")).to_contain_text("sky+cloud")  # per-label legend
-        expect(page.locator("#histograms img")).to_have_count(3)
-        expect(page.locator("#download")).to_contain_text(".zip")
         assert re.search(r"Found:\s*rocket, smoke, sky\+cloud", summary.inner_text())
+        expect(page.locator("#masks")).to_contain_text("sky+cloud")  # the overview's legend
+        expect(page.locator("#download")).to_contain_text(".zip")
+        _wait_until_no_event_in_flight(page)
+        _card_pictures_uncropped(page)
+        _cards_do_not_scroll(page)
         page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
 
         calls_before = len(server.model_calls())
@@ -63,12 +80,51 @@ def test_upload_run_and_threshold_in_browser(browser, tmp_path):
         slider_number.press("Enter")
         expect(summary).to_contain_text("Found: none", timeout=30_000)
         expect(summary).to_contain_text("Not found: rocket, smoke, sky+cloud")
-        expect(page.locator("#points")).to_contain_text("rocket: not found")
+        expect(page.locator(".label-card.absent")).to_have_count(3)
+        expect(page.locator(".label-card .threshold-label").first).to_contain_text("threshold")
         _wait_until_no_event_in_flight(page)  # the threshold's events have all completed
         assert len(server.model_calls()) == calls_before, server.model_calls()[calls_before:]
         page.screenshot(path=str(ARTIFACTS / "app-threshold.png"), full_page=True)
+
+        # A mistake keeps the page: the cards and the slider stay, a message says what to do.
+        labels.fill("")
+        page.get_by_role("button", name="Run", exact=True).click()
+        expect(page.get_by_text("No labels found").first).to_be_visible(timeout=30_000)
+        expect(cards).to_have_count(3)
+        expect(slider_number).to_have_value(f"{maximum:g}")
+        expect(page.locator("#threshold")).not_to_contain_text("Error")
+        page.screenshot(path=str(ARTIFACTS / "app-error-keeps-page.png"), full_page=True)
+
+        # Suggest before any run in a new page: a message, the slider stays a slider.
+        fresh = browser.new_page(viewport={"width": 1440, "height": 900})
+        fresh.goto(server.url)
+        expect(fresh.locator("#model-status")).to_contain_text("ready", timeout=60_000)
+        fresh.locator("#suggest").click()
+        expect(fresh.get_by_text("Run first").first).to_be_visible(timeout=30_000)
+        expect(fresh.locator("#threshold input[type=number]")).to_have_value("0")
+        fresh.close()
         page.close()
     shutil.copyfile(ARTIFACTS / "app.png", ARTIFACTS / "screenshot.png")
+
+
+def test_phone_width_example_click_runs_and_nothing_scrolls_sideways(browser, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running_app(tmp_path, *tiny_args()) as server:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.goto(server.url)
+        expect(page.locator("#model-status")).to_contain_text("ready", timeout=60_000)
+        page.get_by_text("rocket, smoke, sky, giraffe").first.click()  # an example: no Run pressed
+        expect(page.locator(".label-card")).to_have_count(4, timeout=90_000)
+        expect(page.locator("#cards")).not_to_contain_text("computing masks", timeout=90_000)
+        _wait_until_no_event_in_flight(page)
+        _card_pictures_uncropped(page)
+        widths = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], widths
+        run_bottom = page.locator("#run").bounding_box()
+        results_top = page.locator("#summary").bounding_box()
+        assert 0 <= results_top["y"] - (run_bottom["y"] + run_bottom["height"]) < 200  # results right after Run
+        page.screenshot(path=str(ARTIFACTS / "app-phone.png"), full_page=True)
+        page.close()
 
 
 def _upload(page, image: Path) -> None:
@@ -102,7 +158,8 @@ def test_backbone_choice_suggested_threshold_and_instances(browser, tmp_path):
         _pick_dropdown(page, "backbone", "RN50")
         page.get_by_role("button", name="Run", exact=True).click()
         summary = page.locator("#summary")
-        expect(summary).to_contain_text("mask score", timeout=90_000)
+        expect(page.locator(".label-card")).to_have_count(2, timeout=90_000)
+        expect(page.locator("#cards")).not_to_contain_text("computing masks", timeout=90_000)
         expect(summary).to_contain_text("RN50 (weights.safetensors) at 512 px")  # the chosen backbone ran
 
         calls_before = len(server.model_calls())
@@ -113,8 +170,9 @@ def test_backbone_choice_suggested_threshold_and_instances(browser, tmp_path):
         assert suggested > 0
         expect(summary).to_contain_text(f"Threshold {suggested:g}", timeout=30_000)
 
+        expect(page.locator(".label-card .suggested-label").first).to_contain_text("suggested")
         page.locator("#instances input").check()
-        expect(summary).to_contain_text("instances", timeout=30_000)
+        expect(page.locator("#cards")).to_contain_text("instances", timeout=30_000)
         expect(page.locator("#masks")).to_contain_text("#1")
         assert not [c for c in server.model_calls()[calls_before:] if "encoder" in c]
         page.screenshot(path=str(ARTIFACTS / "app-instances.png"), full_page=True)
