@@ -13,6 +13,22 @@ from surgery.images import MAX_PIXELS, check_pixel_count
 log = logging.getLogger(__name__)
 
 
+def upload_problem(path: str | None) -> str | None:
+    """Why an uploaded file cannot be used, from its header alone (nothing is decoded), or None."""
+    if not path:
+        return None
+    try:
+        with PIL.Image.open(path) as header:
+            check_pixel_count(*header.size)
+    except UserError as exc:
+        return str(exc)
+    except PIL.Image.DecompressionBombError:  # PIL's own header check, above 2 * MAX_IMAGE_PIXELS
+        return f"The image has more than {MAX_PIXELS / 1e6:.0f} megapixels, the limit. Downscale it and try again."
+    except Exception:
+        return "This file is not an image this app can read. Use a JPEG, PNG, WebP, GIF, BMP or TIFF file."
+    return None
+
+
 class SafeImage(gr.Image):
     """gr.Image whose upload handling answers bad files with a message instead of an error page.
 
@@ -24,27 +40,17 @@ class SafeImage(gr.Image):
     is_template = True  # rendered by the frontend's own Image component
 
     def preprocess(self, payload):
-        if payload is not None and getattr(payload, "path", None):
-            try:
-                with PIL.Image.open(payload.path) as header:
-                    check_pixel_count(*header.size)
-            except UserError as exc:
-                raise gr.Error(str(exc)) from None
-            except PIL.Image.DecompressionBombError:  # PIL's own header check, above 2 * MAX_IMAGE_PIXELS
-                raise gr.Error(
-                    f"The image has more than {MAX_PIXELS / 1e6:.0f} megapixels, the limit. Downscale it and try again."
-                ) from None
-            except Exception:
-                raise gr.Error(
-                    "This file is not an image this app can read. Use a JPEG, PNG, WebP, GIF, BMP or TIFF file."
-                ) from None
+        problem = upload_problem(getattr(payload, "path", None)) if payload is not None else None
+        if problem is not None:
+            raise gr.Error(problem, print_exception=False)
         try:
             return super().preprocess(payload)
         except gr.Error:
             raise
         except Exception:
             log.warning("image preprocessing failed", exc_info=True)
-            raise gr.Error("This image is truncated or corrupt. Re-export or re-download it and try again.") from None
+            raise gr.Error("This image is truncated or corrupt. Re-export or re-download it and try again.",
+                           print_exception=False) from None
 
 
 class ThresholdSlider(gr.Slider):

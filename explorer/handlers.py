@@ -27,6 +27,7 @@ from surgery.precision import PRECISIONS
 
 from . import cards, page, served_files
 from . import session as S
+from .components import upload_problem
 from .inputs import check_resolution_choice, image_array, image_file_name
 from .model_store import ModelStore
 
@@ -40,7 +41,7 @@ def _as_page_error(exc: Exception) -> gr.Error:
         return exc
     if isinstance(exc, UserError):  # expected: one line in the log, the message in the page
         log.info("refused: %s", exc)
-        return gr.Error(str(exc))
+        return gr.Error(str(exc), print_exception=False)
     log.exception("request failed")
     return gr.Error(GENERIC_ERROR)
 
@@ -148,6 +149,17 @@ class Handlers:
             float(resolution)
         except (TypeError, ValueError):
             raise UserError("Resolution must be a whole number of pixels, e.g. 512.") from None
+
+    def screen_upload(self, payload):
+        """On upload, before anything is decoded: a file that cannot be used is cleared from the image box,
+        with a message saying why (`payload` is the unprocessed upload)."""
+        path = payload.get("path") if isinstance(payload, dict) else getattr(payload, "path", None)
+        problem = upload_problem(path)
+        if problem is None:
+            return gr.update()
+        log.info("refused upload: %s", problem)
+        gr.Warning(problem)
+        return None
 
     @user_errors
     def pre_encode(self, image, backbone, resolution, sam_choice, precision) -> None:

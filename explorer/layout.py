@@ -122,12 +122,17 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
                      api_visibility="private")
         demo.load(handlers.status, outputs=[status_box, timer], queue=False, api_visibility="private")
         timer.tick(handlers.status, outputs=[status_box, timer], queue=False, api_visibility="private")
-        image.upload(handlers.pre_encode, inputs=[image, backbone, resolution, sam_choice, precision], outputs=None,
-                     concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY, show_progress="hidden",
-                     api_visibility="private")
+        image.upload(handlers.screen_upload, inputs=[image], outputs=[image], preprocess=False, postprocess=False,
+                     concurrency_id="validate", concurrency_limit=None, show_progress="hidden",
+                     api_visibility="private").success(
+            handlers.pre_encode, inputs=[image, backbone, resolution, sam_choice, precision], outputs=None,
+            concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY, show_progress="hidden",
+            api_visibility="private")
         for trigger in (run_button.click, labels.submit, examples.load_input_event.then):
-            # Checked first, outside the queue and with no outputs: a refusal leaves the page as it was.
-            trigger(handlers.validate, inputs=request, outputs=None, queue=False, api_visibility="private").success(
+            # Checked first, with no outputs and never waiting behind a model job: a refusal shows its
+            # message and leaves the page as it was.
+            trigger(handlers.validate, inputs=request, outputs=None, concurrency_id="validate", concurrency_limit=None,
+                    show_progress="hidden", api_visibility="private").success(
                 handlers.run, inputs=request, outputs=page_outputs + [state], concurrency_id="model",
                 concurrency_limit=MODEL_CONCURRENCY, show_progress="minimal", api_visibility="private",
             ).success(handlers.slider_range, inputs=[state], outputs=[threshold], queue=False,
@@ -149,6 +154,6 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
         mask_label.change(handlers.shown_candidate, inputs=[state, mask_label], outputs=[mask_candidate],
                           queue=False, api_visibility="private")
         suggest_button.click(handlers.suggest, inputs=[state], outputs=[threshold], api_visibility="private",
-                             queue=False)
+                             concurrency_id="validate", concurrency_limit=None, show_progress="hidden")
     demo.queue(max_size=queue_size, default_concurrency_limit=MODEL_CONCURRENCY)
     return demo

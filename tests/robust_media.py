@@ -7,7 +7,6 @@ Everything is generated (small, deterministic) so no binary fixture has to be co
 from __future__ import annotations
 
 import io
-import json
 import re
 from pathlib import Path
 

@@ -5,7 +5,6 @@ Issue #17: an empty `.npy` left by a crash raised EOFError and broke every reque
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -209,10 +208,11 @@ def _explain(server) -> tuple[dict, dict[str, np.ndarray]]:
     from PIL import Image
 
     client = Client(server.url, verbose=False)
-    outputs = client.predict(handle_file(str(IMAGE)), "cat, grass, whiskers", api_name="/explain", threshold=0)
-    path = next(o for o in outputs if isinstance(o, str) and o.endswith("result.json"))
-    heatmaps = {item["caption"]: np.asarray(Image.open(item["image"]).convert("RGB")) for item in outputs[0]}
-    return json.loads(Path(path).read_text(encoding="utf-8")), heatmaps
+    result, _, _, images = client.predict(handle_file(str(IMAGE)), "cat, grass, whiskers", api_name="/explain",
+                                          threshold=0, include_files=True)
+    heatmaps = {item["caption"]: np.asarray(Image.open(item["image"]).convert("RGB")) for item in images
+                if item["caption"].startswith("CLIP")}
+    return result, heatmaps
 
 
 def test_app_survives_a_damaged_label_cache_after_restart(tmp_path):
