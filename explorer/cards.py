@@ -35,7 +35,7 @@ CSS = """
 .card-pictures figure { margin: 0; min-width: 0; }
 .card-pictures img { display: block; width: 100%; height: auto; border-radius: 4px; }
 .card-pictures figcaption { font-size: 0.8rem; line-height: 1.3; margin-top: 3px; color: var(--body-text-color); }
-.card-pictures .placeholder { display: flex; align-items: center; justify-content: center; text-align: center;
+.card-pictures .placeholder { display: flex; align-items: center; justify-content: center; text-align: center; width: 100%; box-sizing: border-box;
   border: 1px dashed var(--border-color-primary); border-radius: 4px; font-size: 0.85rem; padding: 6px;
   color: var(--body-text-color); }
 .card-body { display: grid; grid-template-columns: minmax(0, 2.5fr) minmax(0, 1.4fr); gap: 10px; align-items: start; }

@@ -109,10 +109,10 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
         state = gr.State(None, time_to_live=SESSION_TTL_S)
         timer = gr.Timer(2.0)
         include_files = gr.Checkbox(False, visible=False)
-        api_result = gr.JSON(visible=False)
-        api_summary = gr.Markdown(visible=False)
-        api_zip = gr.File(visible=False)
-        api_images = gr.Gallery(visible=False, format="png")
+        api_result = gr.JSON(visible=False, label="result")
+        api_summary = gr.Markdown(visible=False, label="summary")
+        api_zip = gr.File(visible=False, label="zip")
+        api_images = gr.Gallery(visible=False, format="png", label="images")
         api_button = gr.Button(visible=False)
 
         page_outputs = [masks, notice, headline, legend, cards_box, details, download, result_file, mask_label]

@@ -31,6 +31,8 @@ def browser():
 
 def _card_pictures_uncropped(page) -> None:
     """Every picture in the cards is shown whole: its rendered aspect ratio equals the file's (3 %)."""
+    page.wait_for_function("""() => [...document.querySelectorAll('.label-card img')]
+        .every(img => img.complete && img.naturalWidth > 0)""", timeout=60_000)
     ratios = page.evaluate("""() => [...document.querySelectorAll('.label-card img')].map(img => [
         img.naturalWidth / img.naturalHeight, img.getBoundingClientRect().width / img.getBoundingClientRect().height,
         img.complete && img.naturalWidth > 0])""")
@@ -153,7 +155,7 @@ def test_backbone_choice_suggested_threshold_and_instances(browser, tmp_path):
         page.goto(server.url)
         expect(page.locator("#model-status")).to_contain_text("ready", timeout=60_000)
         _upload(page, ROOT / "assets" / "chelsea.jpg")
-        page.get_by_label("Labels").fill("cat, grass")
+        page.locator("#labels input, #labels textarea").first.fill("cat, grass")
         page.get_by_text("Advanced").click()
         _pick_dropdown(page, "backbone", "RN50")
         page.get_by_role("button", name="Run", exact=True).click()
