@@ -16,8 +16,9 @@ from urllib.parse import quote
 
 import numpy as np
 
+from surgery.method.results import METHOD_TITLES
 from surgery.method.views import Explanation, LabelView
-from surgery.output.files import label_slug, overlay_names
+from surgery.output.files import label_slug, map_overlay_name
 
 HISTOGRAM_BINS = 40
 SVG_WIDTH, SVG_HEIGHT = 320, 170
@@ -98,14 +99,15 @@ def _fmt(value: float) -> str:
     return f"{value:.3g}" if value != 0 and (abs(value) >= 100 or abs(value) < 0.001) else f"{value:.3f}".rstrip("0").rstrip(".") or "0"
 
 
-def histogram_svg(raw_values: np.ndarray, threshold: float | None, suggested: float | None, label: str) -> str:
+def histogram_svg(raw_values: np.ndarray, threshold: float | None, suggested: float | None, label: str,
+                  method_title: str = "CLIP Surgery") -> str:
     """The histogram of a label's raw CLIP Surgery values as SVG, the threshold (solid) and the
     suggestion (dashed) marked and labelled where they fall in (or at the edge of) the range."""
     values = np.asarray(raw_values, dtype=np.float64).ravel()
     values = values[np.isfinite(values)]
     left, right, top, bottom = 12, SVG_WIDTH - 12, 34, SVG_HEIGHT - 30
     parts = [f'<svg viewBox="0 0 {SVG_WIDTH} {SVG_HEIGHT}" role="img" '
-             f'aria-label="{_e(f"Histogram of raw CLIP Surgery values for {label}")}">']
+             f'aria-label="{_e(f"Histogram of raw {method_title} values for {label}")}">']
     if values.size == 0:
         parts.append(f'<text x="{SVG_WIDTH // 2}" y="{SVG_HEIGHT // 2}" text-anchor="middle">no data</text></svg>')
         return "".join(parts)
@@ -136,7 +138,7 @@ def histogram_svg(raw_values: np.ndarray, threshold: float | None, suggested: fl
         x = x_of(tick)
         parts.append(f'<line class="tick" x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}"/>'
                      f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">{_fmt(tick)}</text>')
-    parts.append(f'<text x="{left}" y="{SVG_HEIGHT - 2}">raw CLIP Surgery value</text>'
+    parts.append(f'<text x="{left}" y="{SVG_HEIGHT - 2}">raw {_e(method_title)} value</text>'
                  f'<text x="{right}" y="{SVG_HEIGHT - 2}" text-anchor="end">hover a bar: its count</text>')
     label_row = 12
     for value, css, name in ((threshold, "threshold", "threshold"), (suggested, "suggested", "suggested")):
@@ -159,10 +161,11 @@ def _points_caption(view: LabelView) -> str:
 
 
 def label_card(view: LabelView, files: dict[str, str], size: tuple[int, int], *, threshold: float | None,
-               suggested: float | None, sam_state: str) -> str:
-    """One label's card. `files` maps overlay file names to served paths; `sam_state` is "on",
+               suggested: float | None, sam_state: str, methods: tuple[str, ...] = ("clip", "surgery"),
+               points_from: str = "surgery") -> str:
+    """One label's card: each method's map in the table's order, the points, the mask, the histogram of
+    the map the points come from. `files` maps overlay file names to served paths; `sam_state` is "on",
     "pending" (SAM still encoding) or "off"."""
-    clip_name, surgery_name, points_name = overlay_names(view.text)
     sam_name = f"sam_{label_slug(view.text)}.png"
     status = "found" if view.found else "not found"
     presence = f"presence {view.maps.presence:.2f}"
@@ -174,40 +177,57 @@ def label_card(view: LabelView, files: dict[str, str], size: tuple[int, int], *,
         mask = _picture(None, "SAM is off", "", size)
     else:
         mask = _picture(files[sam_name], _mask_caption(view), f"SAM mask of {view.text}", size)
-    surgery_caption = "CLIP Surgery map" + ("" if view.found else " (nothing reaches the threshold)")
-    pictures = "".join([
-        _picture(files.get(clip_name), "CLIP map (plain cosine similarity)", f"CLIP map of {view.text}", size),
-        _picture(files.get(surgery_name), surgery_caption, f"CLIP Surgery map of {view.text}", size),
-        _picture(files.get(points_name), _points_caption(view) if view.found else "no points",
-                 f"points for {view.text}", size),
-        mask,
-    ])
-    histogram = histogram_svg(view.maps.surgery_parts, threshold, suggested, view.text)
+    pictures = []
+    for method in methods:
+        title = METHOD_TITLES.get(method, method)
+        caption = f"{title} map" + (" · points from here" if method == points_from and len(methods) > 1 else "")
+        if method == "clip" and method != points_from:
+            caption += " (plain cosine similarity)"
+        if method == points_from and not view.found:
+            caption += " (nothing reaches the threshold)"
+        pictures.append(_picture(files.get(map_overlay_name(method, view.text)), caption, f"{title} map of {view.text}",
+                                 size))
+    pictures.append(_picture(files.get(f"points_{label_slug(view.text)}.png"),
+                             _points_caption(view) if view.found else "no points", f"points for {view.text}", size))
+    pictures.append(mask)
+    histogram = histogram_svg(view.maps.point_parts, threshold, suggested, view.text,
+                              METHOD_TITLES.get(points_from, points_from))
     return (f'<section class="label-card {"found" if view.found else "absent"}" data-label="{_e(view.text)}">'
             f'<h3><span class="label-text">{_e(view.text)}</span>'
             f'<span class="badge {"found" if view.found else "absent"}">{status}</span>'
             f'<span class="meta">{presence}</span></h3>'
-            f'<div class="card-body"><div class="card-pictures">{pictures}</div>'
+            f'<div class="card-body"><div class="card-pictures">{"".join(pictures)}</div>'
             f'<div class="card-histogram">{histogram}</div></div></section>')
 
 
 def cards_html(explanation: Explanation, files: dict[str, str], *, suggested: float | None, sam_state: str) -> str:
     """Every label's card, in the order the labels were typed."""
     size = (explanation.maps.width, explanation.maps.height)
-    cards = [label_card(view, files, size, threshold=explanation.threshold, suggested=suggested, sam_state=sam_state)
+    options = explanation.maps.options
+    cards = [label_card(view, files, size, threshold=explanation.threshold, suggested=suggested, sam_state=sam_state,
+                        methods=options.methods, points_from=options.points_from)
              for view in explanation.labels]
     return f'<div class="label-cards">{"".join(cards)}</div>'
 
 
-def legend_html(threshold: float | None) -> str:
+def legend_html(threshold: float | None, points_from: str = "surgery") -> str:
     """The colour bar and what the numbers mean."""
-    stretch = ("Threshold off: each CLIP Surgery map is stretched so its weakest patch is blue and its "
-               "strongest red, so an absent label still shows its least-bad region."
+    title = METHOD_TITLES.get(points_from, points_from)
+    stretch = ("Threshold off: each map is stretched so its weakest patch is blue and its strongest red, so an "
+               "absent label still shows its least-bad region."
                if threshold is None else
-               f"Threshold {_fmt(threshold)}: patches below it are blue (no evidence); the rest are stretched "
-               "from the threshold (blue) to the map's strongest patch (red).")
+               f"Threshold {_fmt(threshold)} on the raw {title} values: patches below it are blue (no evidence); "
+               "the rest are stretched from the threshold (blue) to the map's strongest patch (red). The other "
+               "maps are always stretched.")
     return (f'<div class="colour-bar"><span>weak</span><span class="ramp"></span><span>strong evidence</span>'
-            f"<span>{_e(stretch)} The CLIP map is always stretched.</span></div>")
+            f"<span>{_e(stretch)}</span></div>")
+
+
+def methods_markdown() -> str:
+    """'About the methods': each method with its paper and what it changes."""
+    from surgery.clip.methods import METHODS
+
+    return "\n".join(f"- **{m.title}** ({m.citation}): {m.summary}" for m in METHODS.values())
 
 
 FOOTNOTE = (

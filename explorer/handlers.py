@@ -19,7 +19,8 @@ import gradio as gr
 from surgery.errors import InputError, UserError
 from surgery.method.feature_surgery import REDUNDANCY_MODES
 from surgery.method.labels import parse_labels
-from surgery.method.results import MapOptions
+from surgery.clip.methods import check_methods
+from surgery.method.results import METHOD_TITLES, MapOptions
 from surgery.method.threshold import check_threshold
 from surgery.method.views import Explanation, PointOptions, apply_threshold
 from surgery.output.files import label_slug
@@ -103,7 +104,7 @@ class Handlers:
         label_value = state.mask_label if state.mask_label in found else None
         return (masks, "",
                 page.headline_markdown(state, explanation, sam_pending),
-                cards.legend_html(explanation.threshold),
+                cards.legend_html(explanation.threshold, explanation.maps.options.points_from),
                 cards.cards_html(explanation, images, suggested=state.suggested_threshold, sam_state=sam_state),
                 page.details_markdown(state, explanation, sam_pending),
                 zip_path, json_path, gr.update(choices=found, value=label_value))
@@ -117,7 +118,8 @@ class Handlers:
                                lambda explanation: self._rendered(state, explanation, S.masks_pending(state)),
                                **changes)
 
-    def _checked_request(self, image, labels_text, threshold, redundancy, sam_choice, precision):
+    def _checked_request(self, image, labels_text, threshold, redundancy, sam_choice, precision,
+                         methods=None, points_from=None):
         """Everything about a request that can be refused without a model."""
         if image is None:
             raise UserError("Upload an image first (or pick an example below).")
@@ -128,23 +130,26 @@ class Handlers:
         sam_key = self.store.sam_key(sam_choice, precision)
         if precision not in PRECISIONS:
             raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}.")
-        return parsed, threshold_value, sam_key
+        return parsed, threshold_value, sam_key, check_methods(methods, points_from)
 
-    def _maps(self, image, parsed, backbone, resolution, redundancy, precision, progress=None):
+    def _maps(self, image, parsed, backbone, resolution, redundancy, precision, methods, progress=None):
         working = image_array(image)
         explainer = self.store.clip(backbone, progress=progress)
         size, note = check_resolution_choice(resolution, explainer.patch_size)
+        chosen, points_from = methods
         maps = explainer.compute_maps(working.rgb, parsed.labels,
-                                      MapOptions(resolution=size, redundancy=redundancy, precision=precision))
+                                      MapOptions(resolution=size, redundancy=redundancy, precision=precision,
+                                                 methods=chosen, points_from=points_from))
         notes = tuple(parsed.notes) + tuple(n for n in (working.note, note) if n)
         return working, explainer, maps, notes
 
     # --- events -----------------------------------------------------------------------
     @user_errors
     def validate(self, image, labels_text, threshold, backbone, resolution, redundancy, sam_choice, precision,
-                 *_options) -> None:
+                 instances=False, positive_only=False, methods=None, points_from=None) -> None:
         """Run's first step, before the queue: a refusal shows its message and leaves the page as it was."""
-        self._checked_request(image, labels_text, threshold, redundancy, sam_choice, precision)
+        self._checked_request(image, labels_text, threshold, redundancy, sam_choice, precision, methods,
+                              points_from)
         try:
             float(resolution)
         except (TypeError, ValueError):
@@ -177,14 +182,14 @@ class Handlers:
 
     @user_errors
     def run(self, image, labels_text, threshold, backbone, resolution, redundancy, sam_choice, precision,
-            instances=False, positive_only=False, progress=gr.Progress()):
+            instances=False, positive_only=False, methods=None, points_from=None, progress=gr.Progress()):
         """Run: the page's outputs and the session state, heatmaps first (yielded while SAM works), then
         the masks."""
-        parsed, threshold_value, sam_key = self._checked_request(image, labels_text, threshold, redundancy,
-                                                                 sam_choice, precision)
-        progress(0.05, desc="CLIP and CLIP Surgery maps…")
+        parsed, threshold_value, sam_key, chosen = self._checked_request(
+            image, labels_text, threshold, redundancy, sam_choice, precision, methods, points_from)
+        progress(0.05, desc="Maps…")
         working, explainer, maps, notes = self._maps(image, parsed, backbone, resolution, redundancy, precision,
-                                                     _progress_messages(progress))
+                                                     chosen, _progress_messages(progress))
         segmenter = None if sam_key is None else self.store.sam(*sam_key, progress=_progress_messages(progress))
         state = S.SessionState(
             working.rgb, maps, explainer.name, None if segmenter is None else segmenter.name, sam_key, None, notes,
@@ -203,8 +208,9 @@ class Handlers:
 
     @user_errors
     def explain(self, image, labels_text, threshold=0.0, backbone=None, resolution=512, redundancy="vocab",
-                sam_choice=None, precision="fp32", instances=False, positive_only=False, include_files=False):
-        """Explain an image: where CLIP sees each label, by CLIP Surgery, with SAM masks.
+                sam_choice=None, precision="fp32", instances=False, positive_only=False, methods=None,
+                points_from=None, include_files=False):
+        """Explain an image: where CLIP sees each label, by CLIP Surgery (and other methods), with SAM masks.
 
         Args:
             image: the image (JPEG, PNG, WebP, GIF, BMP or TIFF).
@@ -217,6 +223,9 @@ class Handlers:
             precision: "fp32" or "bf16" for the image encoders.
             instances: one mask per connected region of a label.
             positive_only: send SAM positive points only.
+            methods: the maps to compute, from clip, surgery, maskclip, sclip, clearclip, naclip
+                (default clip and surgery; a list or a comma-separated text).
+            points_from: the method whose map decides found / not found and gives SAM's points (default surgery).
             include_files: also return the zip of every output file and the overlay images.
 
         Returns:
@@ -225,9 +234,10 @@ class Handlers:
             zip: the zip of all output files, or None unless include_files.
             images: (image file, caption) pairs of the overlays, empty unless include_files.
         """
-        parsed, threshold_value, sam_key = self._checked_request(image, labels_text, threshold, redundancy,
-                                                                 sam_choice, precision)
-        working, explainer, maps, notes = self._maps(image, parsed, backbone, resolution, redundancy, precision)
+        parsed, threshold_value, sam_key, chosen = self._checked_request(
+            image, labels_text, threshold, redundancy, sam_choice, precision, methods, points_from)
+        working, explainer, maps, notes = self._maps(image, parsed, backbone, resolution, redundancy, precision,
+                                                     chosen)
         segmenter = None if sam_key is None else self.store.sam(*sam_key)
         state = S.SessionState(
             working.rgb, maps, explainer.name, None if segmenter is None else segmenter.name, sam_key,
@@ -242,7 +252,7 @@ class Handlers:
             return result, summary, None, []
         shown = page.shown_files(explanation, with_masks=segmenter is not None)
         images, zip_path, _ = served_files.write_render(self.output_dir, files, shown, downloads=True)
-        captions = {"clip": "CLIP", "surgery": "CLIP Surgery", "points": "Points", "sam": "SAM"}
+        captions = {**METHOD_TITLES, "points": "Points", "sam": "SAM"}
         gallery = []
         for view in explanation.labels:
             for name in shown:
@@ -269,6 +279,16 @@ class Handlers:
         index = None if candidate in (None, "best") else int(candidate) - 1
         return self._rerender(state, threshold, mask_choice=(label, index))
 
+    @user_errors
+    def change_points_from(self, state, threshold, points_from) -> tuple:
+        """Take the points (and found / not found) from another computed map: no model call."""
+        if state is None or not points_from or points_from == state.maps.options.points_from:
+            return (gr.update(),) * self.PAGE_OUTPUTS
+        if points_from not in state.maps.options.methods:
+            gr.Warning("That map was not computed for these results: tick it under Compare and press Run.")
+            return (gr.update(),) * self.PAGE_OUTPUTS
+        return self._rerender(state, threshold, points_from=points_from)
+
     def shown_candidate(self, state, label):
         """The chosen label's candidates, each with its score and area."""
         if state is None:
@@ -282,7 +302,7 @@ class Handlers:
         """After a Run: the slider's range fits this image's raw values (never an output of a call that can fail)."""
         if state is None:
             return gr.update()
-        top = max(float(lm.surgery_parts.max()) for lm in state.maps.labels)
+        top = max(float(lm.point_parts.max()) for lm in state.maps.labels)
         return gr.update(maximum=max(0.05, round(top * 1.2 + 0.005, 2)))
 
     def mark_stale(self, state):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from surgery.clip.methods import DEFAULT_METHODS, DEFAULT_POINTS_FROM, METHODS
 from surgery.method.feature_surgery import REDUNDANCY_MODES
 from surgery.method.results import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION
 from surgery.precision import PRECISIONS
@@ -30,7 +31,8 @@ for Segment Anything, which turns them into masks. Use the threshold to say how 
 must be: a label whose map never reaches it is reported *not found*.
 """
 LABELS_HINT = "Separate labels with commas. Join parts with + to make one target: cat+grass."
-THRESHOLD_HINT = "0 = off (reference behaviour: every map is stretched to full range); above 0, raw CLIP Surgery similarity."
+THRESHOLD_HINT = ("0 = off (reference behaviour: every map is stretched to full range); above 0, the raw value "
+                  "the map the points come from must reach (CLIP Surgery by default).")
 EXAMPLES = [
     ["rocket.jpg", "rocket, smoke, sky, giraffe"],
     ["astronaut.jpg", "person, flag, rocket+spacesuit"],
@@ -83,6 +85,14 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
                     instances = gr.Checkbox(False, label="Split instances (one mask per connected region)",
                                             elem_id="instances")
                     positive_only = gr.Checkbox(False, label="Send SAM positive points only")
+                with gr.Row():
+                    methods = gr.CheckboxGroup(
+                        [(METHODS[m].title, m) for m in METHODS], value=list(DEFAULT_METHODS), label="Compare",
+                        info="The maps to compute; each label's card shows them side by side.", elem_id="methods")
+                    points_from = gr.Radio(
+                        [(METHODS[m].title, m) for m in METHODS], value=DEFAULT_POINTS_FROM, label="Points from",
+                        info="The map that decides found / not found and gives SAM's points; the threshold is on "
+                             "its raw values.", elem_id="points-from")
                 threshold = ThresholdSlider(0.0, 1.0, value=0.0, step=0.001, label="Threshold", info=THRESHOLD_HINT,
                                             elem_id="threshold")
                 with gr.Row():
@@ -99,6 +109,8 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
                 legend = gr.HTML(cards.legend_html(None), elem_id="legend")
                 cards_box = gr.HTML("", elem_id="cards")
                 gr.Markdown(cards.FOOTNOTE, elem_id="footnote")
+                with gr.Accordion("About the methods", open=False):
+                    gr.Markdown(cards.methods_markdown(), elem_id="about-methods")
                 with gr.Accordion("Details: per-label table and time per stage", open=False):
                     details = gr.Markdown("", elem_id="details")
                 with gr.Row():
@@ -117,7 +129,7 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
 
         page_outputs = [masks, notice, headline, legend, cards_box, details, download, result_file, mask_label]
         request = [image, labels, threshold, backbone, resolution, redundancy, sam_choice, precision, instances,
-                   positive_only]
+                   positive_only, methods, points_from]
         light = dict(concurrency_id="rerender", concurrency_limit=RERENDER_CONCURRENCY, show_progress="hidden",
                      api_visibility="private")
         demo.load(handlers.status, outputs=[status_box, timer], queue=False, api_visibility="private")
@@ -146,7 +158,10 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
         for option in (instances, positive_only):
             option.change(handlers.change_points, inputs=[state, threshold, instances, positive_only],
                           outputs=page_outputs, trigger_mode="always_last", **light)
-        for option in (backbone, resolution, redundancy, sam_choice, precision):
+        points_from.change(handlers.change_points_from, inputs=[state, threshold, points_from], outputs=page_outputs,
+                           trigger_mode="always_last", **light).then(
+            handlers.slider_range, inputs=[state], outputs=[threshold], queue=False, api_visibility="private")
+        for option in (backbone, resolution, redundancy, sam_choice, precision, methods):
             option.change(handlers.mark_stale, inputs=[state], outputs=[notice], queue=False,
                           api_visibility="private")
         mask_candidate.change(handlers.choose_mask, inputs=[state, threshold, mask_label, mask_candidate],

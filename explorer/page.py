@@ -25,7 +25,7 @@ def shown_files(explanation: Explanation, with_masks: bool) -> list[str]:
     """The overlay files the cards show (the rest are only in the zip)."""
     names = []
     for view in explanation.labels:
-        names.extend(overlay_names(view.text))
+        names.extend(overlay_names(view.text, explanation.maps.options.methods))
         if with_masks and view.chosen_mask is not None:
             names.append(f"sam_{label_slug(view.text)}.png")
     return names

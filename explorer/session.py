@@ -133,8 +133,8 @@ def rerender(state: SessionState, threshold: float | None, segmenter: SamSegment
 
 
 def suggest_threshold(state: SessionState) -> float | None:
-    """Otsu's threshold over all labels' raw CLIP Surgery values of this image."""
-    values = np.concatenate([lm.surgery_parts.reshape(-1) for lm in state.maps.labels])
+    """Otsu's threshold over all labels' raw values of the map the points come from."""
+    values = np.concatenate([lm.point_parts.reshape(-1) for lm in state.maps.labels])
     state.suggested_threshold = otsu_threshold(values)
     return state.suggested_threshold
 
@@ -160,13 +160,23 @@ def page_files(state: SessionState, explanation: Explanation, sam_pending: bool 
     return files
 
 
+def with_points_from(maps: MapsResult, method: str) -> MapsResult:
+    """The same raw maps with the points (and found / not found) taken from another computed method."""
+    return replace(maps, options=replace(maps.options, points_from=method),
+                   labels=tuple(replace(lm, points_from=method) for lm in maps.labels))
+
+
 def render_locked(state: SessionState, threshold: float | None, segmenter: SamSegmenter | None,
                   draw: Callable[[Explanation], T], *, point_options: PointOptions | None = None,
-                  mask_choice: tuple[str, int | None] | None = None) -> T:
+                  mask_choice: tuple[str, int | None] | None = None, points_from: str | None = None) -> T:
     """Apply a re-render's changes and draw it, one re-render of a session at a time, so the last one
     triggered renders last with every option it changed. `mask_choice` is (label, candidate index or
-    None for SAM's best)."""
+    None for SAM's best); `points_from` one of the computed methods."""
     with state.lock:
+        if points_from is not None:
+            state.maps = with_points_from(state.maps, points_from)
+            state.mask_choices.clear()
+            state.suggested_threshold = None  # it was on the other map's scale
         if point_options is not None:
             state.point_options = point_options
         if mask_choice is not None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .clip.methods import DEFAULT_METHODS, DEFAULT_POINTS_FROM, METHODS, check_methods
 from .clip.vit import MIN_RESOLUTION, check_resolution
 from .errors import InputError, UserError, WeightsUnavailable
 from .hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--redundancy", choices=REDUNDANCY_MODES, default=DEFAULT_REDUNDANCY,
                          help="what feature surgery subtracts: the 59-class background vocabulary with your labels "
                               "(vocab, default), your other labels (labels), or the empty prompt (empty)")
+    explain.add_argument("--methods", default=",".join(DEFAULT_METHODS), metavar="M,M",
+                         help=f"maps to compute, comma-separated, from {','.join(METHODS)} "
+                              f"(default {','.join(DEFAULT_METHODS)})")
+    explain.add_argument("--points-from", default=DEFAULT_POINTS_FROM, metavar="METHOD",
+                         help="the method whose map decides found / not found and gives SAM's points "
+                              f"(default {DEFAULT_POINTS_FROM}); the threshold applies to its raw values")
     explain.add_argument("--model", default=DEFAULT_CLIP,
                          help=f"{', '.join(CLIP_CHECKPOINTS)} or an open_clip MODEL:TAG (default {DEFAULT_CLIP})")
     explain.add_argument("--clip-checkpoint", type=Path, help="local CLIP state dict (.safetensors/.pt/.bin)")
@@ -119,12 +126,15 @@ def run_explain(args: argparse.Namespace) -> int:
     parsed = parse_labels(args.labels)
     for note in parsed.notes:
         print(f"note: {note}", file=sys.stderr)
-    options = MapOptions(resolution=args.resolution, redundancy=args.redundancy, precision=args.precision)
+    methods, points_from = check_methods(args.methods, args.points_from)
+    options = MapOptions(resolution=args.resolution, redundancy=args.redundancy, precision=args.precision,
+                         methods=methods, points_from=points_from)
     images = expand_images(args.images)
     if not images:
         raise InputError("No images found in the given folders.")
     explainer = load_clip(args.model, args.clip_checkpoint, text_cache_dir=default_text_cache_dir())
     check_resolution(options.resolution, explainer.patch_size)  # once, not once per image
+    check_methods(methods, points_from, explainer.is_resnet)
     segmenter = None if args.no_sam else load_segmenter(args.sam_model, args.sam_checkpoint, precision=args.precision)
     sam_name = None if segmenter is None else segmenter.name
     failures = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,11 @@ from ..errors import InputError
 from ..method import feature_surgery
 from ..method.labels import Label
 from ..method.maps import mean_of_normalised
-from ..method.prompts import background_vocabulary
+from ..method.prompts import background_vocabulary, imagenet_templates, prompt_templates
 from ..method.results import DEFAULT_SURGERY_DEPTH, LabelMaps, MapOptions, MapsResult
 from ..precision import autocast
+from . import dense_methods
+from .methods import IMAGENET_TEMPLATES, METHODS, SURGERY_TEMPLATES, check_methods
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_input
 from .prompt_prefix import PrefixEncoder
 from .resnet import OUTPUT_STRIDE, check_resnet_resolution, encode_resnet_tokens
@@ -37,7 +40,7 @@ class ClipExplainer:
     """CLIP + architecture/feature surgery with caches; safe to share between threads."""
 
     def __init__(self, model: CLIP, *, name: str, weights_id: str, mean: tuple[float, ...] = CLIP_MEAN,
-                 std: tuple[float, ...] = CLIP_STD, image_cache_entries: int = 8,
+                 std: tuple[float, ...] = CLIP_STD, image_cache_entries: int = 16,
                  text_cache_entries: int = 4096, text_cache_dir: Path | None = None) -> None:
         self.is_resnet = isinstance(model.visual, ModifiedResNet)
         if not self.is_resnet and not hasattr(model.visual, "transformer"):
@@ -48,11 +51,14 @@ class ClipExplainer:
         self.patch_size = OUTPUT_STRIDE if self.is_resnet else model.visual.conv1.kernel_size[0]
         self.logit_scale = float(model.logit_scale.exp())
         self.mean, self.std = tuple(mean), tuple(std)
-        self._image_cache: LRUCache[ImageTokens] = LRUCache(image_cache_entries)
+        self._image_cache: LRUCache = LRUCache(image_cache_entries)  # tokens, trunks and dense tokens per image
         self._text_cache: LRUCache[torch.Tensor] = LRUCache(text_cache_entries)
-        self._text_store = (TextFeatureStore(text_cache_dir, weights_id, dimension=model.text_projection.shape[1])
-                            if text_cache_dir else None)
-        self._prompts = PrefixEncoder(model)  # template prefixes encoded once per model
+        templates = {SURGERY_TEMPLATES: prompt_templates(), IMAGENET_TEMPLATES: imagenet_templates()}
+        dimension = model.text_projection.shape[1]
+        self._text_stores = {name: TextFeatureStore(text_cache_dir, weights_id, dimension=dimension, templates=t)
+                             for name, t in templates.items()} if text_cache_dir else {}
+        # template prefixes encoded once per model and template set
+        self._prompts = {name: PrefixEncoder(model, t) for name, t in templates.items()}
         self.image_encodings = 0  # real forward passes, for tests and benchmarks
 
     # --- cached encoders -------------------------------------------------
@@ -74,35 +80,67 @@ class ClipExplainer:
                     tokens = encode_resnet_tokens(self.model.visual, pixels)
                 else:
                     tokens = encode_image_tokens(self.model.visual, pixels, surgery_depth)
-            return ImageTokens(tokens.clip_tokens.float(), tokens.surgery_tokens.float(), tokens.grid)
+            return ImageTokens(tokens.clip_tokens.float(), tokens.surgery_tokens.float(), tokens.grid, tokens.trunk)
 
         return self._image_cache.get_or_compute(key, compute)
 
-    def text_features(self, texts: list[str]) -> torch.Tensor:
-        """(K, c) float32 ensemble features, computing only the labels not cached yet.
+    def dense_tokens(self, image_rgb: np.ndarray, resolution: int, method: str, precision: str = "fp32",
+                     tokens: ImageTokens | None = None) -> torch.Tensor:
+        """(g*g, c) float32 normalised patch tokens of a method that replaces the last block
+        (docs/method.md §9). The trunk is computed once per image and resolution for all such methods,
+        and not at all at the native grid, where the dual-path forward's `tokens.trunk` is the same."""
+        entry = METHODS[method]
+        if self.is_resnet or not entry.replaces_last_block:
+            raise InputError(f"{entry.title} works on ViT backbones only.")
+        check_resolution(resolution, self.patch_size)
+        image = image_key(image_rgb)
+        visual = self.model.visual
+
+        def trunk() -> torch.Tensor:
+            if tokens is not None and tokens.trunk is not None:
+                return tokens.trunk
+            self.image_encodings += 1
+            calls.info("model call: CLIP image encoder (trunk, bicubic positions) at %d px", resolution)
+            pixels = clip_input(image_rgb, resolution, self.mean, self.std)
+            with autocast(precision):
+                return dense_methods.trunk(visual, pixels)
+
+        def compute() -> torch.Tensor:
+            h = self._image_cache.get_or_compute((image, resolution, "trunk", precision), trunk)
+            calls.info("model call: CLIP last block for %s", method)
+            with torch.inference_mode(), autocast(precision):
+                out = entry.last_block(visual.transformer.resblocks[-1], h, resolution // self.patch_size)
+                return dense_methods.patch_tokens(visual, out)[0].float()
+
+        return self._image_cache.get_or_compute((image, resolution, "dense", method, precision), compute)
+
+    def text_features(self, texts: list[str], templates: str = SURGERY_TEMPLATES) -> torch.Tensor:
+        """(K, c) float32 ensemble features over a template set, computing only the labels not cached yet.
 
         Always float32, whatever `MapOptions.precision` says for the image encoders: a label
         is encoded once and then comes from memory or disk, so bf16 would save nothing there
         (docs/performance.md), and one set of features means the
         start-up vocabulary and the disk cache serve every precision.
         """
-        missing = [t for t in dict.fromkeys(texts) if (self.weights_id, t) not in self._text_cache]
-        if missing and self._text_store is not None:
+        prompts, store = self._prompts[templates], self._text_stores.get(templates)
+        key = lambda text: (self.weights_id, templates, text)  # noqa: E731
+        missing = [t for t in dict.fromkeys(texts) if key(t) not in self._text_cache]
+        if missing and store is not None:
             for text in list(missing):
-                stored = self._text_store.load(text)
+                stored = store.load(text)
                 if stored is not None:
-                    self._text_cache.put((self.weights_id, text), stored)
+                    self._text_cache.put(key(text), stored)
                     missing.remove(text)
         if missing:
             calls.info("model call: CLIP text encoder for %d labels", len(missing))
-            computed = self._prompts.ensemble(missing).float()
+            computed = prompts.ensemble(missing).float()
             for text, feature in zip(missing, computed):
-                self._text_cache.put((self.weights_id, text), feature)
-                if self._text_store is not None:
-                    self._text_store.save(text, feature)
-        rows = [self._text_cache.get((self.weights_id, t)) for t in texts]
+                self._text_cache.put(key(text), feature)
+                if store is not None:
+                    store.save(text, feature)
+        rows = [self._text_cache.get(key(t)) for t in texts]
         if any(row is None for row in rows):  # evicted between put and get by a concurrent request
-            return self._prompts.ensemble(list(texts)).float()
+            return prompts.ensemble(list(texts)).float()
         return torch.stack(rows)
 
     def warm_vocabulary(self) -> None:
@@ -112,12 +150,20 @@ class ClipExplainer:
     # --- maps --------------------------------------------------------------
     def compute_maps(self, image_rgb: np.ndarray, labels: tuple[Label, ...] | list[Label],
                      options: MapOptions = MapOptions()) -> MapsResult:
+        """Raw maps of every chosen method for each label (docs/method.md §4, §5, §9)."""
         if options.redundancy not in feature_surgery.REDUNDANCY_MODES:
             raise InputError(f"Redundancy must be one of {', '.join(feature_surgery.REDUNDANCY_MODES)}.")
+        methods, points_from = check_methods(options.methods, options.points_from, self.is_resnet)
         timings: dict[str, float] = {}
         start = time.perf_counter()
         tokens = self.image_tokens(image_rgb, options.resolution, options.surgery_depth, options.precision)
         timings["clip_image"] = time.perf_counter() - start
+        dense = [m for m in methods if METHODS[m].replaces_last_block]
+        if dense:
+            start = time.perf_counter()
+            dense_tokens = {m: self.dense_tokens(image_rgb, options.resolution, m, options.precision, tokens)
+                            for m in dense}
+            timings["dense_image"] = time.perf_counter() - start
 
         start = time.perf_counter()
         plain_texts = [label.text for label in labels if not label.is_combined]
@@ -133,6 +179,8 @@ class ClipExplainer:
         features = self.text_features(context + [""])  # float32 whatever the image encoders ran in
         context_features, empty_feature = features[:-1], features[-1]
         index = {text: i for i, text in enumerate(context)}
+        label_texts = list(dict.fromkeys(plain_texts + part_texts))
+        imagenet_features = self.text_features(label_texts, IMAGENET_TEMPLATES) if dense else None
         timings["text"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -154,6 +202,15 @@ class ClipExplainer:
             columns = [index[t] for t in texts]
             return similarity[0, 1:, columns].T.reshape(len(columns), grid, grid).numpy().astype(np.float32)
 
+        dense_maps = {}  # method -> (g*g, labels) cosine of its patch tokens with the ImageNet-ensemble features
+        if dense:
+            label_index = {text: i for i, text in enumerate(label_texts)}
+            dense_maps = {m: dense_tokens[m] @ imagenet_features.T for m in dense}
+
+        def dense_parts(method: str, texts: tuple[str, ...]) -> np.ndarray:
+            columns = [label_index[t] for t in texts]
+            return dense_maps[method][:, columns].T.reshape(len(columns), grid, grid).numpy().astype(np.float32)
+
         results = []
         for label in labels:
             clip_parts = grid_maps(clip_maps, label.parts)
@@ -165,7 +222,14 @@ class ClipExplainer:
                 surgery_parts = grid_maps(context_maps, label.parts)
                 surgery_map, clip_map = surgery_parts[0], clip_parts[0]
             label_presence = max(float(presence[index[p]]) for p in label.parts)
-            results.append(LabelMaps(label, clip_map, surgery_map, surgery_parts, label_presence))
+            parts = {"clip": clip_parts, "surgery": surgery_parts}
+            parts.update({m: dense_parts(m, label.parts) for m in dense})
+            stored = {"clip": clip_map, "surgery": surgery_map}
+            stored.update({m: mean_of_normalised(parts[m]) if label.is_combined else parts[m][0] for m in dense})
+            results.append(LabelMaps(label, clip_map, surgery_map, surgery_parts, label_presence,
+                                     method_maps={m: stored[m] for m in methods},
+                                     method_parts={m: parts[m] for m in methods}, points_from=points_from))
         timings["surgery"] = time.perf_counter() - start
         height, width = image_rgb.shape[:2]
+        options = replace(options, methods=methods, points_from=points_from)
         return MapsResult(width, height, grid, options, tuple(results), timings)

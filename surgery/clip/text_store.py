@@ -32,11 +32,12 @@ class TextFeatureStore:
     so the caller computes and writes it again; each bad file is logged once.
     """
 
-    def __init__(self, directory: Path, weights_id: str, dimension: int | None = None) -> None:
+    def __init__(self, directory: Path, weights_id: str, dimension: int | None = None,
+                 templates: tuple[str, ...] | None = None) -> None:
         from ..method.prompts import prompt_templates
 
-        templates = hashlib.sha256("\n".join(prompt_templates()).encode("utf-8")).hexdigest()[:12]
-        self.directory = Path(directory) / weights_id / f"{FORMAT_VERSION}-{templates}"
+        templates_id = hashlib.sha256("\n".join(templates or prompt_templates()).encode("utf-8")).hexdigest()[:12]
+        self.directory = Path(directory) / weights_id / f"{FORMAT_VERSION}-{templates_id}"
         self.dimension = dimension  # expected feature length; None accepts any 1-D vector
         self._writable = True
 

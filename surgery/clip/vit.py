@@ -33,6 +33,10 @@ class ImageTokens:
     clip_tokens: torch.Tensor
     surgery_tokens: torch.Tensor
     grid: int
+    # The last block's input on the original path, kept at the checkpoint's native grid only: there the
+    # positional embedding is not resized, so it is also the trunk of the methods that replace the last
+    # block (surgery.clip.dense_methods), which then need no second pass.
+    trunk: torch.Tensor | None = None
 
 
 def check_resolution(resolution: int, patch_size: int) -> None:
@@ -106,11 +110,17 @@ def encode_image_tokens(
     for block in blocks[:first_dual]:
         x = block(x)
     x_ori, x_new = x, x
+    trunk = None
     for block in blocks[first_dual:]:
+        if block is blocks[-1]:
+            trunk = x_ori
         x_ori, x_new = _dual_block(block, x_ori, x_new)
     x_new = torch.cat([x_ori[:, :1], x_new[:, 1:]], dim=1)
+    grid = pixels.shape[-1] // visual.conv1.kernel_size[0]
+    native = round((visual.positional_embedding.shape[0] - 1) ** 0.5)
     return ImageTokens(
         clip_tokens=_project(visual, x_ori),
         surgery_tokens=_project(visual, x_new),
-        grid=pixels.shape[-1] // visual.conv1.kernel_size[0],
+        grid=grid,
+        trunk=trunk if grid == native else None,
     )

@@ -1,5 +1,5 @@
-"""The prompts: CLIP Surgery's 85 templates, the 59-class background vocabulary, and CLIP's
-tokenizer (docs/method.md §3). Text and token ids only; `surgery.clip.text` runs the network.
+"""The prompts: CLIP Surgery's 85 templates, OpenAI's 80 ImageNet templates, the 59-class background
+vocabulary, and CLIP's tokenizer (docs/method.md §3, §9). Text and token ids only; `surgery.clip.text` runs the network.
 """
 
 from __future__ import annotations
@@ -16,6 +16,13 @@ CONTEXT_LENGTH = 77
 @lru_cache(maxsize=None)
 def prompt_templates() -> tuple[str, ...]:
     text = resources.files(__package__).joinpath("prompt_templates.txt").read_text(encoding="utf-8")
+    return tuple(line for line in text.splitlines() if line.strip())
+
+
+@lru_cache(maxsize=None)
+def imagenet_templates() -> tuple[str, ...]:
+    """OpenAI's 80 ImageNet templates, the ensemble MaskCLIP, SCLIP, ClearCLIP and NACLIP use."""
+    text = resources.files(__package__).joinpath("imagenet_templates.txt").read_text(encoding="utf-8")
     return tuple(line for line in text.splitlines() if line.strip())
 
 

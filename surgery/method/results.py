@@ -19,6 +19,9 @@ DEFAULT_RESOLUTION = 512
 # single label (where `labels` is identically zero), and the 59 background
 # classes make a label's map depend far less on which other labels were typed.
 DEFAULT_REDUNDANCY = "vocab"
+# The dense methods by key, in the order they are shown (their table: surgery.clip.methods).
+METHOD_TITLES = {"clip": "CLIP", "surgery": "CLIP Surgery", "maskclip": "MaskCLIP", "sclip": "SCLIP",
+                 "clearclip": "ClearCLIP", "naclip": "NACLIP"}
 
 
 @dataclass(frozen=True)
@@ -27,15 +30,19 @@ class MapOptions:
     redundancy: str = DEFAULT_REDUNDANCY
     surgery_depth: int = DEFAULT_SURGERY_DEPTH
     precision: str = "fp32"  # image encoders; bf16: autocast where the CPU/GPU runs bfloat16 natively
+    methods: tuple[str, ...] = ("clip", "surgery")  # the maps to compute (surgery.clip.methods.METHODS)
+    points_from: str = "surgery"  # the map that decides found / not found and gives SAM's points
 
 
 @dataclass(frozen=True)
 class LabelMaps:
     """Raw maps for one label on the (g, g) patch grid.
 
-    `surgery_parts` (P, g, g) are the raw feature-surgery maps the threshold and
-    the points work on (P = 1 for a plain label). `surgery_map` is what
-    maps.npz stores: the raw map, or for `a+b` the mean of the parts' min-max maps.
+    `surgery_parts` (P, g, g) are the raw feature-surgery maps (P = 1 for a plain
+    label). `surgery_map` is what maps.npz stores: the raw map, or for `a+b` the
+    mean of the parts' min-max maps. `method_parts` and `method_maps` hold the
+    same per chosen method (CLIP and CLIP Surgery included); the threshold and the
+    points work on `point_parts`, the parts of the `points_from` method.
     """
 
     label: Label
@@ -43,6 +50,14 @@ class LabelMaps:
     surgery_map: np.ndarray
     surgery_parts: np.ndarray
     presence: float
+    method_maps: dict[str, np.ndarray] = field(default_factory=dict)
+    method_parts: dict[str, np.ndarray] = field(default_factory=dict)
+    points_from: str = "surgery"
+
+    @property
+    def point_parts(self) -> np.ndarray:
+        """The raw (P, g, g) maps found / not found and the points are decided on."""
+        return self.method_parts.get(self.points_from, self.surgery_parts)
 
 
 @dataclass(frozen=True)

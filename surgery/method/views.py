@@ -39,9 +39,10 @@ class InstanceView:
 class LabelView:
     """One label under one threshold: display maps in [0, 1] on the grid, points, mask(s).
 
-    `choice` overrides which of SAM's three candidates is shown (None: the best score).
-    With the instances option, `instances` holds one entry per region and `points`
-    is their union.
+    `displays` holds each chosen method's display map; the threshold shapes only the map
+    the points come from, the others are min-max stretched. `choice` overrides which of
+    SAM's three candidates is shown (None: the best score). With the instances option,
+    `instances` holds one entry per region and `points` is their union.
     """
 
     maps: LabelMaps
@@ -52,6 +53,7 @@ class LabelView:
     mask: MaskPrediction | None = None
     instances: tuple[InstanceView, ...] = ()
     choice: int | None = None
+    displays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -94,15 +96,29 @@ def _positives_only(points: np.ndarray) -> np.ndarray:
 
 def view_label(label_maps: LabelMaps, width: int, height: int, threshold: float | None,
                options: PointOptions = PointOptions()) -> LabelView:
-    """Threshold, display maps and SAM points for one label (no model involved)."""
-    parts = label_maps.surgery_parts
+    """Threshold, display maps and SAM points for one label (no model involved); the threshold, found /
+    not found and the points come from the `points_from` method's raw map."""
+    parts = label_maps.point_parts
     found = any(is_found(part, threshold) for part in parts)
     instances: tuple[InstanceView, ...] = ()
+
+    def display(method_parts: np.ndarray, applies: bool) -> np.ndarray:
+        cut = threshold if applies else None
+        if label_maps.label.is_combined:
+            return mean_of_normalised(method_parts, cut)
+        return normalise_map(method_parts[0], cut)
+
+    displays = {method: display(method_parts, method == label_maps.points_from)
+                for method, method_parts in label_maps.method_parts.items() if method != "clip"}
+    clip_display = (display(label_maps.method_parts["clip"], True) if label_maps.points_from == "clip"
+                    else normalise_map(label_maps.clip_map))  # the reference's CLIP map: always stretched
+    displays["clip"] = clip_display
+    surgery_display = displays.get("surgery")
+    if surgery_display is None:
+        surgery_display = display(label_maps.surgery_parts, label_maps.points_from == "surgery")
     if label_maps.label.is_combined:
         points = combined_points(parts, width, height, threshold) if found else NO_POINTS.copy()
-        surgery_display = mean_of_normalised(parts, threshold)
     else:
-        surgery_display = normalise_map(parts[0], threshold)
         if found and options.instances:
             regions = instance_points(parts[0], width, height, threshold)
             if options.positive_only:
@@ -114,8 +130,10 @@ def view_label(label_maps: LabelMaps, width: int, height: int, threshold: float 
     if options.positive_only:
         points = _positives_only(points)
     found = found and len(points) > 0
-    return LabelView(label_maps, found, points, normalise_map(label_maps.clip_map), surgery_display,
-                     instances=instances if found else ())
+    displays = {method: displays[method] for method in label_maps.method_parts or ("clip", "surgery")
+                if method in displays}
+    return LabelView(label_maps, found, points, clip_display, surgery_display,
+                     instances=instances if found else (), displays=displays)
 
 
 def apply_threshold(maps: MapsResult, threshold: float | None,

@@ -18,6 +18,7 @@ from typing import Callable, Hashable
 import numpy as np
 
 from ..method.maps import resize_map
+from ..method.results import METHOD_TITLES
 from ..method.views import Explanation, LabelView
 from . import coco
 from .drawing import draw_mask, draw_masks_legend, draw_points, heat_overlay, palette
@@ -48,10 +49,15 @@ def label_slug(label: str) -> str:
     return f"{base}-{digest}"
 
 
-def overlay_names(label: str) -> tuple[str, str, str]:
-    """File names of a label's CLIP, CLIP Surgery and points overlays (what the page's galleries show)."""
-    slug = label_slug(label)
-    return f"clip_{slug}.png", f"surgery_{slug}.png", f"points_{slug}.png"
+def map_overlay_name(method: str, label: str) -> str:
+    """The file name of one method's heatmap overlay for a label: `<method>_<label>.png`."""
+    return f"{method}_{label_slug(label)}.png"
+
+
+def overlay_names(label: str, methods: tuple[str, ...] = ("clip", "surgery")) -> tuple[str, ...]:
+    """File names of a label's heatmap overlays (one per method) and its points overlay (what the
+    page's cards show besides the mask)."""
+    return (*(map_overlay_name(method, label) for method in methods), f"points_{label_slug(label)}.png")
 
 
 _POINT_ROW = re.compile(r"\[\s+(-?\d+),\s+(-?\d+),\s+(-?\d+)\s+\]")
@@ -110,6 +116,8 @@ def result_json(explanation: Explanation, *, model: str, sam_model: str | None,
         "sam_model": sam_model,
         "resolution": maps.options.resolution,
         "redundancy": maps.options.redundancy,
+        "methods": list(maps.options.methods),
+        "points_from": maps.options.points_from,
         "threshold": explanation.threshold,
         "instances": explanation.point_options.instances,
         "positive_only": explanation.point_options.positive_only,
@@ -118,16 +126,22 @@ def result_json(explanation: Explanation, *, model: str, sam_model: str | None,
 
 
 def maps_arrays(explanation: Explanation, with_masks: bool) -> dict[str, np.ndarray]:
+    """One raw (K, g, g) float32 array per method computed, named after it; `masks` (K, H, W) with SAM."""
     maps = explanation.maps
-    arrays = {
-        "clip": np.stack([lm.clip_map for lm in maps.labels]).astype(np.float32),
-        "surgery": np.stack([lm.surgery_map for lm in maps.labels]).astype(np.float32),
-    }
+    arrays = {method: np.stack([method_map(lm, method) for lm in maps.labels]).astype(np.float32)
+              for method in maps.options.methods}
     if with_masks:
         empty = np.zeros((maps.height, maps.width), dtype=bool)
         arrays["masks"] = np.stack([v.chosen_mask if v.chosen_mask is not None else empty
                                     for v in explanation.labels])
     return arrays
+
+
+def method_map(label_maps, method: str) -> np.ndarray:
+    """The map maps.npz stores for a method (raw; for `a+b` the mean of the parts' min-max maps)."""
+    if method in label_maps.method_maps:
+        return label_maps.method_maps[method]
+    return {"clip": label_maps.clip_map, "surgery": label_maps.surgery_map}[method]
 
 
 Drawing = tuple[str, Hashable, Callable[[], np.ndarray]]
@@ -148,10 +162,11 @@ def overlay_drawings(image_rgb: np.ndarray, explanation: Explanation, with_masks
     def heat(display: np.ndarray) -> Drawing:
         return ("heat", _digest(display)), lambda: heat_overlay(image_rgb, resize_map(display, height, width))
 
+    methods = explanation.maps.options.methods
     for view in explanation.labels:
-        clip_name, surgery_name, points_name = overlay_names(view.text)
-        drawings.append((clip_name, *heat(view.clip_display)))
-        drawings.append((surgery_name, *heat(view.surgery_display)))
+        *map_names, points_name = overlay_names(view.text, methods)
+        for method, name in zip(methods, map_names):
+            drawings.append((name, *heat(display_map(view, method))))
         drawings.append((points_name, ("points", _digest(view.points)),
                          functools.partial(draw_points, image_rgb, view.points)))
     if with_masks:
@@ -172,6 +187,13 @@ def overlay_drawings(image_rgb: np.ndarray, explanation: Explanation, with_masks
         legend_key = ("legend", tuple(names), tuple(None if m is None else _digest(m) for m in masks))
         drawings.append(("masks.png", legend_key, functools.partial(draw_masks_legend, image_rgb, masks, names)))
     return drawings
+
+
+def display_map(view: LabelView, method: str) -> np.ndarray:
+    """A method's display map in [0, 1] on the grid for one label."""
+    if method in view.displays:
+        return view.displays[method]
+    return {"clip": view.clip_display, "surgery": view.surgery_display}[method]
 
 
 def overlay_images(image_rgb: np.ndarray, explanation: Explanation, with_masks: bool) -> dict[str, np.ndarray]:
@@ -224,10 +246,12 @@ def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, 
 
 
 def histogram_drawings(explanation: Explanation) -> list[Drawing]:
-    """(file name, key, draw) of each label's histogram of raw CLIP Surgery values, threshold marked."""
-    return [(f"hist_{label_slug(view.text)}.png", ("hist", _digest(view.maps.surgery_parts), explanation.threshold),
-             functools.partial(histogram_image, view.maps.surgery_parts, explanation.threshold,
-                               title=f"raw CLIP Surgery · {view.text}"))
+    """(file name, key, draw) of each label's histogram of the raw values its points come from, threshold
+    marked."""
+    title = METHOD_TITLES.get(explanation.maps.options.points_from, explanation.maps.options.points_from)
+    return [(f"hist_{label_slug(view.text)}.png", ("hist", _digest(view.maps.point_parts), explanation.threshold),
+             functools.partial(histogram_image, view.maps.point_parts, explanation.threshold,
+                               title=f"raw {title} · {view.text}"))
             for view in explanation.labels]
 
 

@@ -129,6 +129,14 @@ def test_phone_width_example_click_runs_and_nothing_scrolls_sideways(browser, tm
         page.close()
 
 
+def _shown_result(page) -> dict:
+    """The result.json the page offers for download now."""
+    import json
+
+    href = page.locator("#result-json a").first.get_attribute("href")
+    return json.loads(page.request.get(href).text())
+
+
 def _upload(page, image: Path) -> None:
     """Choose the file and wait until the page shows it: the upload is asynchronous, and a Run
     pressed before it lands sends no image (one cause of this test failing now and then)."""
@@ -178,4 +186,43 @@ def test_backbone_choice_suggested_threshold_and_instances(browser, tmp_path):
         expect(page.locator("#masks")).to_contain_text("#1")
         assert not [c for c in server.model_calls()[calls_before:] if "encoder" in c]
         page.screenshot(path=str(ARTIFACTS / "app-instances.png"), full_page=True)
+        page.close()
+
+
+def test_compare_all_methods_and_take_points_from_another_without_an_encoder_call(browser, tmp_path):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with running_app(tmp_path, *tiny_args()) as server:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.goto(server.url)
+        expect(page.locator("#model-status")).to_contain_text("ready", timeout=60_000)
+        _upload(page, ROOT / "assets" / "rocket.jpg")
+        for title in ("MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP"):
+            page.locator("#methods label").filter(has_text=re.compile(rf"^\s*{title}\s*$")).click()
+        labels = page.locator("#labels textarea, #labels input").first
+        labels.fill("rocket, smoke")
+        labels.press("Enter")
+        expect(page.locator(".label-card")).to_have_count(2, timeout=90_000)
+        expect(page.locator("#cards")).not_to_contain_text("computing masks", timeout=90_000)
+        card = page.locator(".label-card").first
+        captions = [c.strip() for c in card.locator("figcaption").all_inner_texts()]
+        titles = [c.split(" map")[0] for c in captions[:6]]
+        assert titles == ["CLIP", "CLIP Surgery", "MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP"], captions
+        expect(page.locator(".label-card img")).to_have_count(2 * 8)  # six maps, the points, the mask
+        _wait_until_no_event_in_flight(page)
+        _card_pictures_uncropped(page)
+        page.screenshot(path=str(ARTIFACTS / "app-methods.png"), full_page=True)
+
+        before = _shown_result(page)
+        encoders_before = [c for c in server.model_calls() if "image encoder" in c]
+        page.locator("#points-from label").filter(has_text=re.compile(r"^\s*NACLIP\s*$")).click()
+        expect(card.locator("figcaption").nth(5)).to_contain_text("points from here", timeout=30_000)
+        expect(card.locator(".card-histogram")).to_contain_text("raw NACLIP value")
+        _wait_until_no_event_in_flight(page)
+        assert [c for c in server.model_calls() if "image encoder" in c] == encoders_before
+        after = _shown_result(page)
+        assert (before["points_from"], after["points_from"]) == ("surgery", "naclip")
+        assert after["methods"] == ["clip", "surgery", "maskclip", "sclip", "clearclip", "naclip"]
+        assert [e["points"] for e in after["labels"]] != [e["points"] for e in before["labels"]]
+        assert [e["mask_area"] for e in after["labels"]] != [e["mask_area"] for e in before["labels"]]
+        page.screenshot(path=str(ARTIFACTS / "app-methods-naclip.png"), full_page=True)
         page.close()
