@@ -79,6 +79,12 @@ def runs(tmp_path_factory) -> dict[str, Run]:
         "resolution": [rocket, chelsea, "--labels", labels, *COMMON, "--resolution", "230"],
         "no_labels": [rocket, *COMMON],
         "nan": [rocket, "--labels", labels, "--threshold", "nan", *COMMON],
+        "methods": [rocket, "--labels", labels, *COMMON, "--methods", "naclip,clip,maskclip,surgery,sclip,clearclip",
+                    "--points-from", "naclip"],
+        "bad_method": [rocket, "--labels", labels, *COMMON, "--methods", "clip,dino"],
+        "resnet_method": [rocket, "--labels", labels, "--model", "RN50", "--clip-checkpoint",
+                          str(ROOT / "tests" / "data" / "parity-rn" / "weights.safetensors"), "--no-sam",
+                          "--resolution", "224", "--methods", "clip,surgery,maskclip"],
         "big": [str(big), "--labels", labels, *COMMON, "--format", "coco"],
         "big_full": [str(big), "--labels", labels, *COMMON, "--max-side", "0"],
     }
@@ -249,6 +255,8 @@ def test_negative_threshold_is_refused_as_in_the_app(runs):
     ("resolution", "230"),
     ("no_labels", "--labels"),
     ("nan", "--threshold"),
+    ("bad_method", "Unknown method 'dino'"),
+    ("resnet_method", "MaskCLIP work on ViT backbones only"),
 ])
 def test_bad_arguments_exit_2_with_a_single_line(runs, name, mentions):
     run = runs[name]
@@ -259,3 +267,26 @@ def test_bad_arguments_exit_2_with_a_single_line(runs, name, mentions):
     assert lines[0].startswith("error:") and mentions in lines[0]
     assert run.stdout.strip() == ""
     assert not run.out.exists() or not any(run.out.iterdir())
+
+
+def test_methods_give_one_array_and_one_overlay_each_and_points_from_the_chosen_map(runs):
+    from surgery.method.points import points_for_sam
+
+    run = runs["methods"]
+    assert run.returncode == 0, run.stderr
+    folder = run.out / "rocket"
+    result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+    order = ["clip", "surgery", "maskclip", "sclip", "clearclip", "naclip"]  # the table's order, whatever was typed
+    assert result["methods"] == order and result["points_from"] == "naclip"
+    with np.load(folder / "maps.npz") as maps:
+        assert sorted(maps.files) == sorted(order)
+        assert all(maps[m].shape == (len(LABELS), GRID, GRID) and maps[m].dtype == np.float32 for m in order)
+        naclip = maps["naclip"]
+    for method in order:
+        for label in LABELS:
+            assert (folder / f"{method}_{label_slug(label)}.png").is_file()
+    for index, entry in enumerate(result["labels"][:2]):  # plain labels: points from the NACLIP map
+        expected = points_for_sam(naclip[index], result["width"], result["height"], None)
+        assert sorted(map(tuple, entry["points"])) == sorted(map(tuple, expected.tolist()))
+    default = json.loads((runs["batch"].out / "rocket" / "result.json").read_text(encoding="utf-8"))
+    assert default["methods"] == ["clip", "surgery"] and default["points_from"] == "surgery"

@@ -152,3 +152,20 @@ def test_offline_start_shows_the_tiny_checkpoint_command_at_once(tmp_path):
             page.locator("#model-status").filter(has_text="tests/data/sam_tiny.safetensors").wait_for(timeout=30_000)
             browser.close()
     print(f"offline start to hint: {time.monotonic() - started:.1f} s")
+
+
+def test_methods_and_points_from_over_the_api(app):
+    result, summary, _, images = explain(app, threshold=0, methods=["clip", "surgery", "sclip", "naclip"],
+                                         points_from="sclip", include_files=True, sam_choice="off")
+    assert result["methods"] == ["clip", "surgery", "sclip", "naclip"] and result["points_from"] == "sclip"
+    kinds = [item["caption"].split(" · ")[0] for item in images if item["caption"].endswith(" · cat")]
+    assert kinds == ["CLIP", "CLIP Surgery", "SCLIP", "NACLIP", "Points"]
+    client = Client(app.url, verbose=False)
+    import re
+
+    for methods, points_from, says in ((["clip", "dino"], "surgery", r"'dino'.*not in the list of choices"),
+                                       (["clip"], "surgery", r"not among the chosen methods")):
+        with pytest.raises(Exception) as error:
+            client.predict(handle_file(str(IMAGE)), "cat", methods=methods, points_from=points_from,
+                           api_name="/explain")
+        assert re.search(says, str(error.value)) and "Traceback" not in str(error.value)
