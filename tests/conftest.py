@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +63,36 @@ def points_match(actual, expected, tolerance: int = 1) -> bool:
             return False
         remaining.remove(match)
     return True
+
+
+class ModelCallLog(logging.Handler):
+    """The engine's one line per real model call (logger "surgery.calls"), collected."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    def text_encodes(self) -> int:
+        return self.count("CLIP text encoder")
+
+    def clear(self) -> None:
+        self.lines.clear()
+
+
+@pytest.fixture()
+def calls():
+    """The model calls made while the test runs."""
+    handler = ModelCallLog()
+    logger = logging.getLogger("surgery.calls")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)

@@ -4,7 +4,6 @@ shared where the math allows, the points come from the chosen map, and refusals 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -32,18 +31,6 @@ def official():
         return {key: data[key] for key in data.files}
 
 
-@pytest.fixture()
-def calls():
-    lines = []
-    handler = logging.Handler(logging.INFO)
-    handler.emit = lambda record: lines.append(record.getMessage())
-    logger = logging.getLogger("surgery.calls")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield lines
-    logger.removeHandler(handler)
-
-
 def test_every_method_through_the_engine_equals_the_official_maps(cases, official, rocket):
     from surgery.loading import load_clip
 
@@ -64,17 +51,17 @@ def test_the_trunk_is_shared_at_the_native_grid_and_computed_once_elsewhere(expl
     image = np.random.default_rng(7).integers(0, 255, (120, 160, 3), dtype=np.uint8)  # new to every cache
     labels = parse_labels("rocket, smoke").labels
     explainer.compute_maps(image, labels, MapOptions(224, "labels", methods=ALL))
-    encoders = [line for line in calls if "image encoder" in line]
+    encoders = [line for line in calls.lines if "image encoder" in line]
     assert len(encoders) == 1, encoders  # 224 px is the native grid: one forward for all six
-    assert sum("last block" in line for line in calls) == 4
+    assert calls.count("last block") == 4
     calls.clear()
     explainer.compute_maps(image, labels, MapOptions(336, "labels", methods=ALL))
-    encoders = [line for line in calls if "image encoder" in line]
+    encoders = [line for line in calls.lines if "image encoder" in line]
     assert len(encoders) == 2 and sum("trunk" in line for line in encoders) == 1, encoders
     calls.clear()
     explainer.compute_maps(image, labels, MapOptions(336, "labels", methods=("surgery", "naclip"),
                                                      points_from="naclip"))
-    assert calls == []  # everything cached: tokens, trunk, last blocks and label features
+    assert calls.lines == []  # everything cached: tokens, trunk, last blocks and label features
 
 
 def test_points_and_found_come_from_the_chosen_map(explainer, rocket):

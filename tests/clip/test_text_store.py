@@ -99,30 +99,6 @@ def clean_features():
     return clean.text_features(LABELS)
 
 
-class CallLog(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-    def text_encodes(self) -> int:
-        return sum("CLIP text encoder" in line for line in self.lines)
-
-
-@pytest.fixture()
-def calls():
-    handler = CallLog()
-    logger = logging.getLogger("surgery.calls")
-    previous = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-    logger.setLevel(previous)
-
-
 def test_explainer_recomputes_bad_cache_files_and_rewrites_them(tmp_path, clean_features, calls, caplog):
     cache = tmp_path / "text"
     first = load_clip(checkpoint=TINY_CLIP, text_cache_dir=cache)

@@ -11,16 +11,10 @@ import urllib.request
 import pytest
 from gradio_client import Client, handle_file
 
-from app_server import ROOT, TINY_CLIP, TINY_SAM, running_app, tiny_args
+from app_server import ROOT, TINY_CLIP, TINY_SAM, running_app
 
 IMAGE = ROOT / "assets" / "chelsea.jpg"
 LABELS = "cat, grass, cat+whiskers, Cat"
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    with running_app(tmp_path_factory.mktemp("app"), *tiny_args()) as server:
-        yield server
 
 
 def explain(app, **kwargs):

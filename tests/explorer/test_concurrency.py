@@ -35,12 +35,6 @@ LABEL_SETS = [
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    with running_app(tmp_path_factory.mktemp("concurrency-app"), *tiny_args()) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Asset variants with pairwise different sizes, so a size mix-up cannot go unnoticed."""
     seen, unique = set(), []

@@ -27,30 +27,6 @@ TINY_SAM = DATA / "sam_tiny.safetensors"
 ROCKET = Path(__file__).resolve().parents[2] / "assets" / "rocket.jpg"
 
 
-class CallLog(logging.Handler):
-    """Collects the engine's one-line-per-model-call log ("surgery.calls")."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-    def count(self, text: str) -> int:
-        return sum(text in line for line in self.lines)
-
-
-@pytest.fixture()
-def calls():
-    handler = CallLog()
-    logger = logging.getLogger("surgery.calls")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    yield handler
-    logger.removeHandler(handler)
-
-
 def make_store(tmp_path: Path, **overrides) -> ModelStore:
     config = dict(clip_model="ViT-B/16", clip_checkpoint=TINY_CLIP, sam_model="vit_b", sam_checkpoint=TINY_SAM,
                   text_cache_dir=tmp_path / "text")

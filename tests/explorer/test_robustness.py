@@ -19,16 +19,9 @@ import pytest
 from gradio_client import Client, handle_file
 
 import robust_media as media
-from app_server import running_app, tiny_args
 
 ABOVE_EVERY_VALUE = 1.0  # the tiny random CLIP's raw surgery values stay far below this
 GENERIC = "upstream Gradio app has raised an exception"  # what Gradio says when it has no message
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    with running_app(tmp_path_factory.mktemp("robust-app"), *tiny_args()) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
