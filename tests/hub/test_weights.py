@@ -267,13 +267,20 @@ def test_app_says_a_truncated_checkpoint_cannot_be_read(tmp_path):
     assert "Traceback" not in message and "SafetensorError" not in message
 
 
-def test_cached_file_with_wrong_checksum_is_refused(tmp_path):
+@pytest.mark.parametrize("name, digest", [
+    ("ViT-B/16", "4b8699299b1e"),
+    ("ViT-B/32", "e6d1bd7789aa"),  # published digests pinned (issue: only ViT-B/16 was)
+    ("ViT-L/14", "9ce2e8a8ebff"),
+    ("RN50", "da0baa37fb22"),
+])
+def test_cached_file_with_wrong_checksum_is_refused(tmp_path, name, digest):
     cache = tmp_path / "hub"
-    entry = CLIP_CHECKPOINTS["ViT-B/16"]
+    entry = CLIP_CHECKPOINTS[name]
     place_in_hub_cache(cache, entry.repo_id, entry.filename, TINY_CLIP)
-    result = run_download(offline_env(cache), "ViT-B/16")
+    result = run_download(offline_env(cache), name)
     assert result.returncode == 3, result.stderr
     assert "USERERROR CheckpointError" in result.stdout and "corrupt" in result.stdout
+    assert f"differs from the pinned {digest}" in result.stdout
     assert "Traceback" not in result.stdout
 
 
