@@ -83,7 +83,7 @@ def main() -> None:
     print(f"ViT ({path.name}), {args.resolution} px, {len(labels)} labels, {args.threads} threads, "
           f"medians of {reps} (native grid {'yes' if args.resolution == native else 'no'}: "
           f"{'one trunk for all' if args.resolution == native else 'a second, DINO-resized trunk'})")
-    print(f"| what | median s |\n|---|---|")
+    print("| what | median s |\n|---|---|")
     for name in ("two", "six", "two_image", "six_image"):
         print(f"| {name.replace('_', ' ')} | {median[name]:.3f} |")
     print(f"| text, 3 new labels, CLIP Surgery's 85 templates | {median[SURGERY_TEMPLATES]:.3f} |")

@@ -1,16 +1,23 @@
-"""Soak test: many /explain requests against one app process; does its memory keep growing?
+"""Soak benchmark: many varied /explain requests against one app process; does anything keep growing?
 
 Starts `app.py` on the tiny test checkpoints (tests/data) as a subprocess with a private
-TMPDIR and GRADIO_TEMP_DIR, sends N varied requests (images in several formats and sizes,
-label sets, 224/336/512 px, SAM on and off) from K client threads, and every S completed
-requests samples the server process: VmRSS from /proc/<pid>/status (no psutil), threads,
-open file descriptors and what the app left on disk. Prints a table and the ratio
-RSS@N / RSS@S (target <= 1.10). Always exits 0; the verdict is in the output.
+TMPDIR, GRADIO_TEMP_DIR and served-files folder (CLIP_SURGERY_OUTPUT_DIR), sends N requests
+from K clients (default 1000 from 8), mixing kinds of call: plain JSON, with files (zip and
+overlays), other methods with the points taken from one of them, and threshold variations;
+SAM on and off, images in several formats and sizes, label sets, 224/336/512 px. Every S
+completed requests (and at request 100 and the last) it samples the server process: VmRSS and
+VmHWM (peak) from /proc/<pid>/status, threads, open file descriptors (/proc/<pid>/fd) and what
+the app left on disk. Prints a table, then the verdicts: peak RSS at the last request within
+10 % of request 100's, the same open file descriptors other than sockets, the served-files folder
+under explorer.served_files.MAX_BYTES (plus one render per client in flight: the sweep runs before
+each write), no errors; and p50/p95 latency per kind of call. A benchmark,
+not a test: it always exits 0 and the verdict is in the output.
 
-    .venv/bin/python benchmarks/soak.py                       # 200 requests, 2 at a time
-    .venv/bin/python benchmarks/soak.py --sessions reuse      # one Client per thread
-    .venv/bin/python benchmarks/soak.py --json soak.json      # also write the figures as JSON
-    .venv/bin/python benchmarks/soak.py --json -              # JSON on stdout, table on stderr
+    .venv/bin/python benchmarks/soak.py --requests 200         # CI-sized: a few minutes
+    .venv/bin/python benchmarks/soak.py                        # 1000 requests, 8 clients
+    .venv/bin/python benchmarks/soak.py --sessions new         # a new Client (session) per request
+    .venv/bin/python benchmarks/soak.py --json soak.json       # also write the figures as JSON
+    .venv/bin/python benchmarks/soak.py --json -               # JSON on stdout, table on stderr
 """
 
 from __future__ import annotations
@@ -55,11 +62,20 @@ def proc_status(pid: int) -> dict[str, int]:
     return values
 
 
-def open_fds(pid: int) -> int:
+def open_fds(pid: int) -> tuple[int, int]:
+    """(all open file descriptors, those that are not sockets) of a process, from /proc/<pid>/fd.
+    Sockets come and go with the clients' connections; files and pipes are what a leak leaves."""
     try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
+        names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return -1
+        return -1, -1
+    files = 0
+    for name in names:
+        try:
+            files += not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:")
+        except OSError:
+            pass
+    return len(names), files
 
 
 def disk_usage(folder: Path) -> tuple[int, int]:
@@ -75,6 +91,12 @@ def disk_usage(folder: Path) -> tuple[int, int]:
     return files, size
 
 
+def largest_folder(root: Path) -> int:
+    """Bytes of the largest folder directly under root (one render's files)."""
+    sizes = [disk_usage(folder)[1] for folder in root.glob("*") if folder.is_dir()] if root.is_dir() else []
+    return max(sizes, default=0)
+
+
 def make_images(folder: Path) -> list[Path]:
     import robust_media as media
 
@@ -86,37 +108,86 @@ def make_images(folder: Path) -> list[Path]:
     return images
 
 
+KINDS = ("json", "files+sam", "methods", "threshold")
+METHOD_SETS = [  # (methods, points_from)
+    (["clip", "surgery", "maskclip"], "maskclip"),
+    (["surgery", "sclip", "clearclip"], "sclip"),
+    (["clip", "surgery", "naclip"], "surgery"),
+    ("surgery, clearclip", "clearclip"),
+]
+
+
 def plan(n: int, images: list[Path]) -> dict:
-    return {
+    """Request n: its kind of call and its options (deterministic, so runs compare)."""
+    kind = KINDS[n % len(KINDS)]
+    p = {
+        "kind": kind,
         "image": images[(n * 7) % len(images)],
         "labels": LABEL_SETS[n % len(LABEL_SETS)],
-        "resolution": (224, 224, 336, 512)[n % 4],
-        "sam_choice": "vit_b" if n % 2 == 0 else "off",
-        # at most 0.05: the page's slider never narrows below that (see explorer.handlers.Handlers.slider_update)
-        "threshold": (0.0, 0.0, 0.02)[n % 3],
+        "resolution": (224, 224, 336, 512)[(n // len(KINDS)) % 4],
+        "sam_choice": "off",
+        "threshold": 0.0,
+        "methods": None,
+        "points_from": None,
+        "include_files": False,
     }
+    if kind == "files+sam":
+        p.update(sam_choice="vit_b", include_files=True)
+    elif kind == "methods":
+        methods, points_from = METHOD_SETS[(n // len(KINDS)) % len(METHOD_SETS)]
+        p.update(methods=methods, points_from=points_from, sam_choice="vit_b" if n % 8 < 4 else "off",
+                 include_files=n % 3 == 0)
+    elif kind == "threshold":
+        # at most 0.05: the page's slider never narrows below that
+        p.update(threshold=(0.005, 0.01, 0.02, 0.03, 0.05)[(n // len(KINDS)) % 5],
+                 sam_choice="vit_b" if n % 8 >= 4 else "off")
+    return p
+
+
+def check_outputs(outputs, p: dict) -> str | None:
+    """What came back answers this request (None), or what is wrong with it."""
+    result = outputs[0] if outputs else None
+    if not isinstance(result, dict) or not result.get("labels"):
+        return "no result"
+    expected_threshold = p["threshold"] or None
+    if result.get("threshold") != expected_threshold:
+        return f"threshold {result.get('threshold')} for {expected_threshold}"
+    if (result.get("sam_model") is None) != (p["sam_choice"] == "off"):
+        return "SAM on/off differs from the request"
+    if p["include_files"] != (outputs[2] is not None):
+        return "zip present/absent differs from include_files"
+    return None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))], 3)
 
 
 def run_soak(args) -> dict:
     from gradio_client import Client, handle_file
 
     from app_server import running_app, tiny_args
+    from explorer.served_files import MAX_BYTES
 
     work = Path(tempfile.mkdtemp(prefix="soak-"))
-    app_tmp = work / "tmp"
-    gradio_tmp = work / "gradio"
+    app_tmp, gradio_tmp, served = work / "tmp", work / "gradio", work / "served"
     app_tmp.mkdir()
     gradio_tmp.mkdir()
     images = make_images(work / "images")
-    env = {"TMPDIR": str(app_tmp), "GRADIO_TEMP_DIR": str(gradio_tmp)}
+    env = {"TMPDIR": str(app_tmp), "GRADIO_TEMP_DIR": str(gradio_tmp), "CLIP_SURGERY_OUTPUT_DIR": str(served)}
     report: dict = {"requests_planned": args.requests, "parallel": args.parallel, "sessions": args.sessions,
-                    "sample_every": args.sample_every, "samples": [], "errors": [], "stopped_early": None}
+                    "sample_every": args.sample_every, "samples": [], "errors": [], "stopped_early": None,
+                    "served_limit_mib": round(MAX_BYTES / 2**20, 1)}
+    checkpoints = {min(100, args.requests), args.requests}
     started = time.monotonic()
     with running_app(work, *tiny_args(), env=env) as server:
         pid = server.process.pid
         report["pid"] = pid
         lock = threading.Lock()
-        latencies: list[float] = []
+        latencies: dict[str, list[float]] = {kind: [] for kind in KINDS}
         window: list[float] = []
         state = {"done": 0, "next": 0, "errors_in_window": 0}
         deadline = started + args.max_seconds
@@ -124,22 +195,26 @@ def run_soak(args) -> dict:
         def sample(done: int) -> None:
             status = proc_status(pid)
             files, size = disk_usage(app_tmp)
+            sfiles, ssize = disk_usage(served)
             gfiles, gsize = disk_usage(gradio_tmp)
             row = {
                 "requests": done, "elapsed_s": round(time.monotonic() - started, 1),
                 "rss_mib": round(status["VmRSS"] / 1024, 1), "hwm_mib": round(status["VmHWM"] / 1024, 1),
-                "threads": status["Threads"], "fds": open_fds(pid),
+                "threads": status["Threads"], **dict(zip(("fds", "file_fds"), open_fds(pid))),
+                "served_files": sfiles, "served_mib": round(ssize / 2**20, 2),
+                "render_mib": round(largest_folder(served) / 2**20, 2),
                 "outputs_files": files, "outputs_mib": round(size / 2**20, 2),
                 "gradio_cache_files": gfiles, "gradio_cache_mib": round(gsize / 2**20, 2),
                 "window_mean_s": round(statistics.fmean(window), 2) if window else None,
-                "window_p95_s": round(sorted(window)[int(0.95 * (len(window) - 1))], 2) if window else None,
+                "window_p95_s": percentile(window, 0.95),
                 "window_errors": state["errors_in_window"],
             }
             report["samples"].append(row)
             window.clear()
             state["errors_in_window"] = 0
             if not args.quiet:
-                print(f"  … {done} requests, RSS {row['rss_mib']} MiB", file=sys.stderr, flush=True)
+                print(f"  … {done} requests, RSS {row['rss_mib']} MiB, peak {row['hwm_mib']} MiB, "
+                      f"fds {row['fds']} ({row['file_fds']} not sockets)", file=sys.stderr, flush=True)
 
         sample(0)
 
@@ -161,27 +236,32 @@ def run_soak(args) -> dict:
                     c = client or Client(server.url, verbose=False)
                     outputs = c.submit(handle_file(str(p["image"])), p["labels"], p["threshold"],
                                        resolution=p["resolution"], sam_choice=p["sam_choice"],
+                                       methods=p["methods"], points_from=p["points_from"],
+                                       include_files=p["include_files"],
                                        api_name="/explain").result(timeout=args.request_timeout)
-                    if not any(isinstance(o, str) and o.endswith("result.json") for o in outputs):
-                        error = "no result.json in the outputs"
+                    error = check_outputs(outputs, p)
                 except Exception as exc:  # noqa: BLE001 - a soak counts failures, it does not stop
                     error = f"{type(exc).__name__}: {str(exc)[:200]}"
                 seconds = time.monotonic() - t0
                 with lock:
                     state["done"] += 1
-                    latencies.append(seconds)
+                    latencies[p["kind"]].append(seconds)
                     window.append(seconds)
                     if error:
                         state["errors_in_window"] += 1
-                        report["errors"].append({"request": n, "image": p["image"].name, "error": error})
-                    if state["done"] % args.sample_every == 0 or state["done"] == args.requests:
+                        report["errors"].append({"request": n, "kind": p["kind"], "image": p["image"].name,
+                                                 "error": error})
+                    if state["done"] % args.sample_every == 0 or state["done"] in checkpoints:
                         sample(state["done"])
 
         with ThreadPoolExecutor(args.parallel) as pool:
             list(pool.map(worker, range(args.parallel)))
+        if not report["samples"] or report["samples"][-1]["requests"] != state["done"]:
+            sample(state["done"])  # stopped early: the last request is still a checkpoint
         report["requests_done"] = state["done"]
-        report["latency_mean_s"] = round(statistics.fmean(latencies), 3) if latencies else None
-        report["latency_p95_s"] = round(sorted(latencies)[int(0.95 * (len(latencies) - 1))], 3) if latencies else None
+        every = [seconds for values in latencies.values() for seconds in values]
+        report["latency_s"] = {kind: {"n": len(values), "p50": percentile(values, 0.5), "p95": percentile(values, 0.95)}
+                               for kind, values in [*latencies.items(), ("all", every)]}
         report["server_alive"] = server.process.poll() is None
     report["wall_s"] = round(time.monotonic() - started, 1)
     if args.keep:
@@ -189,20 +269,29 @@ def run_soak(args) -> dict:
     else:
         shutil.rmtree(work, ignore_errors=True)
     by_count = {row["requests"]: row for row in report["samples"]}
-    first = by_count.get(args.sample_every)
+    first = by_count.get(min(100, args.requests))
     last = report["samples"][-1] if report["samples"] else None
     if first and last and last["requests"] > first["requests"]:
-        report["rss_first_mib"] = first["rss_mib"]
-        report["rss_last_mib"] = last["rss_mib"]
-        report["ratio"] = round(last["rss_mib"] / first["rss_mib"], 3)
-        report["ratio_label"] = f"RSS@{last['requests']} / RSS@{first['requests']}"
+        report["first_label"], report["last_label"] = f"request {first['requests']}", f"request {last['requests']}"
+        report["rss_first_mib"], report["rss_last_mib"] = first["rss_mib"], last["rss_mib"]
+        report["peak_first_mib"], report["peak_last_mib"] = first["hwm_mib"], last["hwm_mib"]
+        report["ratio"] = round(last["hwm_mib"] / first["hwm_mib"], 3)
         report["within_target"] = report["ratio"] <= TARGET_RATIO
+        report["fds_first"], report["fds_last"] = first["fds"], last["fds"]
+        report["file_fds_first"], report["file_fds_last"] = first["file_fds"], last["file_fds"]
+    report["served_max_mib"] = max((row["served_mib"] for row in report["samples"]), default=None)
+    # The sweep runs before each render is written, so the folder may pass the limit by the renders in
+    # flight: at most one per client.
+    largest = max((row["render_mib"] for row in report["samples"]), default=0)
+    report["served_bound_mib"] = round(report["served_limit_mib"] + args.parallel * largest, 2)
     return report
 
 
 def print_table(report: dict, out) -> None:
     columns = [("requests", "req"), ("elapsed_s", "elapsed s"), ("rss_mib", "RSS MiB"), ("hwm_mib", "peak MiB"),
-               ("threads", "threads"), ("fds", "fds"), ("outputs_files", "tmp files"), ("outputs_mib", "tmp MiB"),
+               ("threads", "threads"), ("fds", "fds"), ("file_fds", "file fds"), ("served_files", "served files"),
+               ("served_mib", "served MiB"),
+               ("outputs_files", "tmp files"), ("outputs_mib", "tmp MiB"),
                ("gradio_cache_files", "cache files"), ("gradio_cache_mib", "cache MiB"),
                ("window_mean_s", "mean s"), ("window_p95_s", "p95 s"), ("window_errors", "errors")]
     widths = [max(len(title), 9) for _, title in columns]
@@ -213,31 +302,43 @@ def print_table(report: dict, out) -> None:
               file=out)
     print(file=out)
     print(f"requests done {report.get('requests_done')}/{report['requests_planned']} "
-          f"({report['parallel']} at a time, sessions: {report['sessions']}), errors {len(report['errors'])}, "
-          f"wall {report.get('wall_s')} s, latency mean {report.get('latency_mean_s')} s "
-          f"p95 {report.get('latency_p95_s')} s, server alive: {report.get('server_alive')}", file=out)
+          f"({report['parallel']} clients, sessions: {report['sessions']}), wall {report.get('wall_s')} s, "
+          f"server alive: {report.get('server_alive')}", file=out)
+    for kind, figures in report.get("latency_s", {}).items():
+        print(f"latency {kind:>10}: n {figures['n']:4d}  p50 {figures['p50']} s  p95 {figures['p95']} s", file=out)
     if report.get("stopped_early"):
         print(f"stopped early: {report['stopped_early']}", file=out)
-    for error in report["errors"][:5]:
-        print(f"error: request {error['request']} ({error['image']}): {error['error']}", file=out)
     if "ratio" in report:
         verdict = "OK" if report["within_target"] else "ABOVE TARGET"
-        print(f"{report['ratio_label']} = {report['rss_last_mib']} / {report['rss_first_mib']} MiB = "
-              f"{report['ratio']:.3f} (target <= {TARGET_RATIO:.2f}): {verdict}", file=out)
+        print(f"peak RSS {report['last_label']} / {report['first_label']} = {report['peak_last_mib']} / "
+              f"{report['peak_first_mib']} MiB = {report['ratio']:.3f} (target <= {TARGET_RATIO:.2f}): {verdict} "
+              f"(RSS {report['rss_first_mib']} -> {report['rss_last_mib']} MiB)", file=out)
+        verdict = "OK" if report["file_fds_first"] == report["file_fds_last"] else "DIFFERENT"
+        print(f"open fds {report['last_label']} / {report['first_label']}: files and pipes "
+              f"{report['file_fds_last']} / {report['file_fds_first']} (target equal): {verdict}; all, sockets "
+              f"included (they follow the clients' open connections) {report['fds_last']} / {report['fds_first']}",
+              file=out)
     else:
         print("ratio: not enough samples", file=out)
+    if report.get("served_max_mib") is not None:
+        verdict = "OK" if report["served_max_mib"] <= report["served_bound_mib"] else "ABOVE LIMIT"
+        print(f"served-files folder at most {report['served_max_mib']} MiB (limit {report['served_limit_mib']} MiB, "
+              f"plus one render per client in flight: {report['served_bound_mib']} MiB): {verdict}", file=out)
+    print(f"errors {len(report['errors'])} (target 0): {'OK' if not report['errors'] else 'FAILED'}", file=out)
+    for error in report["errors"][:5]:
+        print(f"error: request {error['request']} ({error['kind']}, {error['image']}): {error['error']}", file=out)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--parallel", type=int, default=2, help="requests in flight at once (client threads)")
-    parser.add_argument("--sample-every", type=int, default=20)
-    parser.add_argument("--sessions", choices=("new", "reuse"), default="new",
-                        help="new: a new Client (session) per request, like many visitors; "
-                             "reuse: one Client per thread")
-    parser.add_argument("--max-seconds", type=float, default=1500, help="stop sending after this long")
-    parser.add_argument("--request-timeout", type=float, default=180)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--parallel", type=int, default=8, help="clients sending at once (threads)")
+    parser.add_argument("--sample-every", type=int, default=50)
+    parser.add_argument("--sessions", choices=("new", "reuse"), default="reuse",
+                        help="reuse: one Client (session) per client thread; "
+                             "new: a new Client per request, like many visitors")
+    parser.add_argument("--max-seconds", type=float, default=3600, help="stop sending after this long")
+    parser.add_argument("--request-timeout", type=float, default=300)
     parser.add_argument("--json", nargs="?", const="-", metavar="PATH",
                         help="write the figures as JSON to PATH ('-' or no PATH: stdout, table on stderr)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")

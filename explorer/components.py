@@ -40,6 +40,8 @@ class SafeImage(gr.Image):
     is_template = True  # rendered by the frontend's own Image component
 
     def preprocess(self, payload):
+        if payload is not None and not getattr(payload, "path", None):  # a URL alone: nothing is fetched
+            raise gr.Error("Send the image itself as an uploaded file; a URL is not fetched.", print_exception=False)
         problem = upload_problem(getattr(payload, "path", None)) if payload is not None else None
         if problem is not None:
             raise gr.Error(problem, print_exception=False)
@@ -51,6 +53,38 @@ class SafeImage(gr.Image):
             log.warning("image preprocessing failed", exc_info=True)
             raise gr.Error("This image is truncated or corrupt. Re-export or re-download it and try again.",
                            print_exception=False) from None
+
+
+class MethodsGroup(gr.CheckboxGroup):
+    """gr.CheckboxGroup for the methods: a comma-separated text (which the API documents) goes on to
+    `surgery.clip.methods.check_methods`, and a value that is neither is refused with a message (Gradio's own
+    check fails on it with no message at all)."""
+
+    is_template = True  # rendered by the frontend's own CheckboxGroup component
+
+    def preprocess(self, payload):
+        if payload is None or isinstance(payload, str):
+            return payload
+        if not isinstance(payload, list):
+            raise gr.Error(f"Methods must be a list of names from: {', '.join(v for _, v in self.choices)}.",
+                           print_exception=False)
+        return super().preprocess(payload)
+
+
+class ChoiceDropdown(gr.Dropdown):
+    """gr.Dropdown whose refusal of a value that is not a choice stays short: Gradio's own message repeats
+    the value, however long it is."""
+
+    is_template = True  # rendered by the frontend's own Dropdown component
+
+    def preprocess(self, payload):
+        try:
+            return super().preprocess(payload)
+        except gr.Error:
+            if len(repr(payload)) <= 80:
+                raise
+            raise gr.Error(f"{self.label}: '{str(payload)[:40]}…' is not one of the choices: "
+                           f"{', '.join(str(v) for _, v in self.choices)}.", print_exception=False) from None
 
 
 class ThresholdSlider(gr.Slider):

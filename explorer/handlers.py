@@ -67,6 +67,13 @@ def user_errors(handler):
     return plain
 
 
+def _check_flags(**flags) -> None:
+    """The on/off options must be true or false (None: off); Gradio's Checkbox passes anything on."""
+    for name, value in flags.items():
+        if value is not None and not isinstance(value, bool):
+            raise InputError(f"{name} must be true or false.")
+
+
 def _progress_messages(progress) -> Callable[[str], None]:
     return lambda message: progress(None, desc=message)
 
@@ -148,6 +155,7 @@ class Handlers:
     def validate(self, image, labels_text, threshold, backbone, resolution, redundancy, sam_choice, precision,
                  instances=False, positive_only=False, methods=None, points_from=None) -> None:
         """Run's first step, before the queue: a refusal shows its message and leaves the page as it was."""
+        _check_flags(instances=instances, positive_only=positive_only)
         self._checked_request(image, labels_text, threshold, redundancy, sam_choice, precision, methods,
                               points_from)
         try:
@@ -234,6 +242,7 @@ class Handlers:
             zip: the zip of all output files, or None unless include_files.
             images: (image file, caption) pairs of the overlays, empty unless include_files.
         """
+        _check_flags(instances=instances, positive_only=positive_only, include_files=include_files)
         parsed, threshold_value, sam_key, chosen = self._checked_request(
             image, labels_text, threshold, redundancy, sam_choice, precision, methods, points_from)
         working, explainer, maps, notes = self._maps(image, parsed, backbone, resolution, redundancy, precision,

@@ -12,7 +12,7 @@ from surgery.method.results import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION
 from surgery.precision import PRECISIONS
 
 from . import cards
-from .components import SafeImage, ThresholdSlider
+from .components import ChoiceDropdown, MethodsGroup, SafeImage, ThresholdSlider
 from .handlers import Handlers
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -71,7 +71,7 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
                 labels = gr.Textbox(label="Labels", placeholder="person, bench, cat+grass", info=LABELS_HINT,
                                     elem_id="labels", max_lines=1, submit_btn=False)
                 with gr.Accordion("Advanced", open=False, elem_id="advanced"):
-                    backbone = gr.Dropdown(store.clip_choices(), value=store.config.clip_model, label="Backbone",
+                    backbone = ChoiceDropdown(store.clip_choices(), value=store.config.clip_model, label="Backbone",
                                            elem_id="backbone")
                     resolution = gr.Dropdown(RESOLUTIONS, value=DEFAULT_RESOLUTION, label="Input resolution",
                                              allow_custom_value=True,
@@ -79,14 +79,14 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
                     redundancy = gr.Radio(list(REDUNDANCY_MODES), value=DEFAULT_REDUNDANCY, label="Redundancy",
                                           info="vocab: against 59 background classes (reference demo); "
                                                "labels: against your other labels; empty: against an empty prompt.")
-                    sam_choice = gr.Dropdown(store.sam_choices(), value=store.sam_choices()[0],
+                    sam_choice = ChoiceDropdown(store.sam_choices(), value=store.sam_choices()[0],
                                              label="SAM model", info="'off' skips masks.")
                     precision = gr.Radio(list(PRECISIONS), value="fp32", label="Precision")
                     instances = gr.Checkbox(False, label="Split instances (one mask per connected region)",
                                             elem_id="instances")
                     positive_only = gr.Checkbox(False, label="Send SAM positive points only")
                 with gr.Row():
-                    methods = gr.CheckboxGroup(
+                    methods = MethodsGroup(
                         [(METHODS[m].title, m) for m in METHODS], value=list(DEFAULT_METHODS), label="Compare",
                         info="The maps to compute; each label's card shows them side by side.", elem_id="methods")
                     points_from = gr.Radio(

@@ -14,7 +14,7 @@ from surgery.hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
 from .model_store import ModelConfig, ModelStore
 
 MAX_FILE_SIZE = "20mb"
-OUTPUT_DIR = Path(tempfile.gettempdir()) / "clip-surgery-explorer"
+OUTPUT_DIR = Path(os.environ.get("CLIP_SURGERY_OUTPUT_DIR") or Path(tempfile.gettempdir()) / "clip-surgery-explorer")
 SESSION_CAPACITY = 24  # sessions whose state is kept at once: 10-20 MB each typical, ~55 MB at most (README Limits)
 
 

@@ -13,11 +13,12 @@ from surgery.output.files import label_slug, mask_layers, overlay_names
 
 from .session import SessionState
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>:])")
 
 
 def markdown_text(text: str) -> str:
-    """Text a person typed, shown literally inside Markdown: HTML escaped, Markdown's syntax escaped."""
+    """Text a person typed, shown literally inside Markdown: HTML escaped, Markdown's syntax escaped (':' too,
+    so that a typed URL is not made a link by the page's autolinking, which would also show the escapes)."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(str(text), quote=False))
 
 

@@ -8,15 +8,25 @@ a slider dragged for minutes cannot fill the disk.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from surgery.errors import UserError
 from surgery.output.files import zip_outputs
+
+log = logging.getLogger("app")
 
 TTL_S = 3600
 MAX_BYTES = 512 << 20
+WRITE_FAILED = ("The server could not write the result files (disk full or read-only); "
+                "try again in a minute.")
+
+
+class ServedFilesError(UserError):
+    """The served-files folder cannot be written: a message for the page, not a traceback."""
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -55,10 +65,23 @@ def sweep(root: Path, ttl_s: float = TTL_S, max_bytes: int = MAX_BYTES) -> None:
 def write_render(root: Path, files: dict[str, bytes], shown: list[str], downloads: bool,
                  ttl_s: float = TTL_S, max_bytes: int = MAX_BYTES) -> tuple[dict[str, str], str | None, str | None]:
     """Write the `shown` files (name -> path) and, with `downloads`, the zip of all `files` and
-    result.json into a new folder under `root` (swept first)."""
-    root.mkdir(parents=True, exist_ok=True)
-    sweep(root, ttl_s, max_bytes)
-    folder = Path(tempfile.mkdtemp(dir=root))
+    result.json into a new folder under `root` (swept first). A folder that cannot be written (disk
+    full, read-only, gone) is a `ServedFilesError` with one log line; a half-written folder is removed."""
+    folder = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        sweep(root, ttl_s, max_bytes)
+        folder = Path(tempfile.mkdtemp(dir=root))
+        return _write_files(folder, files, shown, downloads)
+    except OSError as exc:
+        log.warning("could not write served files under %s: %s", root, exc)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise ServedFilesError(WRITE_FAILED) from None
+
+
+def _write_files(folder: Path, files: dict[str, bytes], shown: list[str],
+                 downloads: bool) -> tuple[dict[str, str], str | None, str | None]:
     paths = {}
     for name in shown:
         path = folder / name
