@@ -96,3 +96,12 @@ def calls():
     yield handler
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """The app as a real server on the tiny checkpoints, one per test module that asks for it."""
+    from app_server import running_app, tiny_args
+
+    with running_app(tmp_path_factory.mktemp("app"), *tiny_args()) as server:
+        yield server
