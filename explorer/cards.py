@@ -41,6 +41,8 @@ CSS = """
   color: var(--body-text-color); }
 .card-body { display: grid; grid-template-columns: minmax(0, 2.5fr) minmax(0, 1.4fr); gap: 10px; align-items: start; }
 .card-histogram svg { width: 100%; height: auto; display: block; }
+.card-histogram details { font-size: 0.85rem; margin-top: 4px; }
+.card-histogram details svg { margin-top: 4px; }
 .card-histogram .bar { fill: var(--neutral-400); }
 .card-histogram .bar.evidence { fill: #d55e00; }
 .card-histogram .axis, .card-histogram .tick { stroke: var(--body-text-color); }
@@ -192,6 +194,12 @@ def label_card(view: LabelView, files: dict[str, str], size: tuple[int, int], *,
     pictures.append(mask)
     histogram = histogram_svg(view.maps.point_parts, threshold, suggested, view.text,
                               METHOD_TITLES.get(points_from, points_from))
+    others = [m for m in methods if m != points_from and m in view.maps.method_parts]
+    if others:  # each map's raw values on its own scale; the threshold belongs to the points' map only
+        histogram += ('<details class="other-histograms"><summary>Raw values of the other maps</summary>'
+                      + "".join(histogram_svg(view.maps.method_parts[m], None, None, view.text,
+                                              METHOD_TITLES.get(m, m)) for m in others)
+                      + "</details>")
     return (f'<section class="label-card {"found" if view.found else "absent"}" data-label="{_e(view.text)}">'
             f'<h3><span class="label-text">{_e(view.text)}</span>'
             f'<span class="badge {"found" if view.found else "absent"}">{status}</span>'

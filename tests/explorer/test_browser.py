@@ -65,7 +65,8 @@ def test_enter_runs_cards_show_each_label_whole_and_a_threshold_move_calls_no_mo
         expect(page.locator("#cards")).not_to_contain_text("computing masks", timeout=90_000)
         expect(page.locator(".label-card .label-text")).to_have_text(["rocket", "smoke", "sky+cloud"])
         expect(page.locator(".label-card img")).to_have_count(3 * 4)  # CLIP, CLIP Surgery, points, mask
-        expect(page.locator(".label-card svg")).to_have_count(3)  # one histogram per card
+        expect(page.locator(".label-card .card-histogram > svg")).to_have_count(3)  # the points map's, per card
+        expect(page.locator(".label-card details.other-histograms svg")).to_have_count(3)  # CLIP's, folded
         summary = page.locator("#summary")
         assert re.search(r"Found:\s*rocket, smoke, sky\+cloud", summary.inner_text())
         expect(page.locator("#masks")).to_contain_text("sky+cloud")  # the overview's legend

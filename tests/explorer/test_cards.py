@@ -62,3 +62,15 @@ def test_histogram_marks_and_labels_threshold_and_suggestion():
 def test_the_colour_bar_explains_stretching():
     assert "stretched" in legend_html(None) and "least-bad" in legend_html(None)
     assert "0.1" in legend_html(0.1) and "no evidence" in legend_html(0.1)
+
+
+def test_each_computed_map_has_its_histogram_on_its_own_scale(explainer, rocket):
+    from surgery.method.results import MapOptions as Options
+
+    maps = explainer.compute_maps(rocket, parse_labels("rocket").labels,
+                                  Options(224, "vocab", methods=("clip", "surgery", "naclip"), points_from="naclip"))
+    html = cards_html(apply_threshold(maps, 0.01), {}, suggested=None, sam_state="off")
+    assert html.count("<svg") == 3
+    first, rest = html.split('<details class="other-histograms">', 1)
+    assert "raw NACLIP value" in first and 'class="threshold"' in first  # the points' map, threshold marked
+    assert "raw CLIP value" in rest and "raw CLIP Surgery value" in rest and 'class="threshold"' not in rest
