@@ -122,7 +122,7 @@ def test_mcp_schema_lists_the_explain_tool(app):
     assert {"image", "labels_text", "threshold"} <= set(tool["inputSchema"]["properties"])
 
 
-def test_offline_start_shows_the_tiny_checkpoint_command_at_once(tmp_path):
+def test_offline_start_shows_the_tiny_checkpoint_command_at_once(tmp_path, browser):
     """No weights and no network: the page is up and says how to run on the bundled checkpoints."""
     import time
 
@@ -136,15 +136,10 @@ def test_offline_start_shows_the_tiny_checkpoint_command_at_once(tmp_path):
         client = Client(server.url, verbose=False)
         status = client.view_api(return_format="dict")  # the app answers
         assert "/explain" in status["named_endpoints"]
-        from playwright.sync_api import sync_playwright
-
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                                 args=["--headless", "--no-sandbox", "--disable-gpu"])
-            page = browser.new_page()
-            page.goto(server.url)
-            page.locator("#model-status").filter(has_text="tests/data/sam_tiny.safetensors").wait_for(timeout=30_000)
-            browser.close()
+        page = browser.new_page()
+        page.goto(server.url)
+        page.locator("#model-status").filter(has_text="tests/data/sam_tiny.safetensors").wait_for(timeout=30_000)
+        page.close()
     print(f"offline start to hint: {time.monotonic() - started:.1f} s")
 
 

@@ -275,23 +275,6 @@ def test_hostile_upload_name_is_kept_as_text_and_written_nowhere_else(app):
 
 # --- the browser ---------------------------------------------------------------------
 
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    if not Path(CHROMIUM).exists():
-        pytest.fail("Debian's chromium is required (.ci/run installs it: apt-get install chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--no-first-run"])
-        yield browser
-        browser.close()
-
-
 def browser_labels(recorder_url: str) -> tuple[str, list[str]]:
     """What is typed (every hostile label, two that would set window.__pwned and a bare URL, which the page's
     Markdown would make a link) and the labels shown."""
