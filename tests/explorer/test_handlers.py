@@ -82,7 +82,7 @@ def test_run_threshold_move_and_candidate_choice(handlers, calls):
     assert first["zip"] is None and first["result_json"] is None  # no downloads until SAM is done
     assert "computing masks" in first["cards"] and "Computing masks" in first["headline"]
     assert "computing" not in final["cards"] + final["headline"] + final["details"]
-    assert final["cards"].count('class="label-card ') == 3 and final["cards"].count("<svg") == 3
+    assert final["cards"].count('class="label-card ') == 3 and final["cards"].count('<div class="card-histogram"><svg') == 3
     assert final["cards"].count("sam_") == 3 * 2  # each found label's mask: the picture and its link
     assert isinstance(state, S.SessionState) and state.sam_key == ("vit_b", "fp32")
     assert final["mask_labels"]["choices"] == ["rocket", "smoke", "giraffe"]
