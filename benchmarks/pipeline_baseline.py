@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from segment_anything import SamPredictor
 
 from explorer.handlers import Handlers
 from explorer.model_store import ModelConfig, ModelStore
@@ -134,17 +133,8 @@ class StockSegmenter(SamSegmenter):
         return cls(segmenter.sam, precision=segmenter.precision, name=segmenter.name)
 
     def embed(self, image_rgb: np.ndarray) -> ImageEmbedding:
-        self.encode_calls += 1
-        calls.info("model call: SAM image encoder (baseline: stock, no cache)")
-        predictor = SamPredictor(self.sam)
-        with torch.inference_mode(), autocast(self.precision, self.sam.device):
-            predictor.set_image(image_rgb)
-        return ImageEmbedding(
-            features=predictor.features.float(),
-            original_size=(int(predictor.original_size[0]), int(predictor.original_size[1])),
-            input_size=(int(predictor.input_size[0]), int(predictor.input_size[1])),
-            key=f"{self.model_id}:{image_key(image_rgb)}#{next(self._requests)}",
-        )
+        """SAM's own encoding, every request again (a key of its own each time, so nothing is reused)."""
+        return self._encode(image_rgb, f"{self.model_id}:{image_key(image_rgb)}#{next(self._requests)}")
 
 
 def baseline_loaders(text_sample: int = 0):
