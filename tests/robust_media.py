@@ -7,6 +7,7 @@ Everything is generated (small, deterministic) so no binary fixture has to be co
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 
@@ -223,3 +224,19 @@ def points_images(outputs) -> list[np.ndarray]:
     points drawn (every label not found) each one is exactly the image the server decoded."""
     return [np.asarray(Image.open(item["image"]).convert("RGB")) for item in outputs[3]
             if item["caption"].startswith("Points · ")]
+
+
+def call_explain_raw(http, base: str, body: str) -> tuple[bool, object, str]:
+    """POST a hand-written JSON body to /gradio_api/call/explain and read the event stream to its end:
+    (succeeded, output data or error message, the whole stream)."""
+    started = http.post(f"{base}/gradio_api/call/explain", content=body, headers={"content-type": "application/json"})
+    started.raise_for_status()
+    event_id = started.json()["event_id"]
+    with http.stream("GET", f"{base}/gradio_api/call/explain/{event_id}") as stream:
+        text = "".join(stream.iter_text())
+    event = re.findall(r"^event: (\w+)", text, re.MULTILINE)[-1]
+    data = json.loads(re.findall(r"^data: (.*)$", text, re.MULTILINE)[-1])
+    if event == "complete":
+        return True, data, text
+    message = data.get("error") if isinstance(data, dict) else data
+    return False, "" if message is None else str(message), text

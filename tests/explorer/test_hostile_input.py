@@ -117,17 +117,7 @@ def rest_explain(app, overrides: dict | None = None, *, image: Path | None = Non
                  "labels_text": "cat, dog", "resolution": 224, "sam_choice": "off"}
         given.update(overrides or {})
         values = [given.get(p["parameter_name"], p["parameter_default"]) for p in parameters]
-        started = http.post(f"{base}/gradio_api/call/explain", json={"data": values})
-        started.raise_for_status()
-        event_id = started.json()["event_id"]
-        with http.stream("GET", f"{base}/gradio_api/call/explain/{event_id}") as stream:
-            text = "".join(stream.iter_text())
-    event = re.findall(r"^event: (\w+)", text, re.MULTILINE)[-1]
-    data = json.loads(re.findall(r"^data: (.*)$", text, re.MULTILINE)[-1])
-    if event == "complete":
-        return True, data, text
-    message = data.get("error") if isinstance(data, dict) else data
-    return False, "" if message is None else str(message), text
+        return media.call_explain_raw(http, base, json.dumps({"data": values}))
 
 
 def assert_clear(message: str, *says: str) -> None:

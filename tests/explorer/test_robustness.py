@@ -80,18 +80,8 @@ def call_rest(app, image, threshold_json: str, labels: str = "cat, dog") -> tupl
         }
         values = [given.get(p["parameter_name"], json.dumps(p["parameter_default"])) for p in parameters]
         body = '{"data": [' + ", ".join(values) + "]}"
-        started = http.post(f"{base}/gradio_api/call/explain", content=body,
-                            headers={"content-type": "application/json"})
-        started.raise_for_status()
-        event_id = started.json()["event_id"]
-        with http.stream("GET", f"{base}/gradio_api/call/explain/{event_id}") as stream:
-            text = "".join(stream.iter_text())
-    event = re.findall(r"^event: (\w+)", text, re.M)[-1]
-    data = json.loads(re.findall(r"^data: (.*)$", text, re.M)[-1])
-    if event == "complete":
-        return True, data
-    message = data.get("error") if isinstance(data, dict) else data
-    return False, "" if message is None else str(message)
+        succeeded, data, _ = media.call_explain_raw(http, base, body)
+    return succeeded, data
 
 
 # ===================================================================== images that must work
