@@ -37,7 +37,7 @@ from .method.results import MapOptions, MapsResult
 from .method.threshold import check_threshold
 from .method.views import Explanation, PointOptions
 from .method.views import apply_threshold as _apply_threshold
-from .method.views import decode_masks
+from .pipeline import add_masks
 
 __all__ = [
     "load_clip", "load_segmenter", "load_image", "fit_long_side", "parse_labels", "compute_maps",
@@ -60,12 +60,6 @@ def apply_threshold(maps: MapsResult, threshold: float | None = None,
                     options: PointOptions = PointOptions()) -> Explanation:
     """Per label: found or not at `threshold` (None or 0: off), display maps and SAM's prompt points."""
     return _apply_threshold(maps, check_threshold(threshold), options)
-
-
-def add_masks(explanation: Explanation, segmenter, image_rgb: np.ndarray) -> Explanation:
-    """SAM's masks for every found label (the image is encoded once and cached by the segmenter)."""
-    embedding = segmenter.embed(image_rgb)
-    return decode_masks(explanation, lambda points: segmenter.predict(embedding, points))
 
 
 def write_outputs(directory: str | Path, image_rgb: np.ndarray, explanation: Explanation, *,

@@ -26,6 +26,12 @@ def explain_image(explainer: ClipExplainer, segmenter: SamSegmenter | None, imag
     explanation = apply_threshold(maps, threshold, point_options)
     if segmenter is None:
         return explanation
+    return add_masks(explanation, segmenter, image_rgb)
+
+
+def add_masks(explanation: Explanation, segmenter: SamSegmenter, image_rgb: np.ndarray) -> Explanation:
+    """SAM's masks for every found label (the image is encoded once and cached by the segmenter); the
+    encoding's time is recorded as `sam_image`."""
     start = time.perf_counter()
     embedding = segmenter.embed(image_rgb)
     explanation.timings["sam_image"] = time.perf_counter() - start

@@ -37,9 +37,7 @@ def _cards_do_not_scroll(page) -> None:
 def test_enter_runs_cards_show_each_label_whole_and_a_threshold_move_calls_no_model(browser, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     with running_app(tmp_path, *tiny_args()) as server:
-        page = browser.new_page(viewport={"width": 1440, "height": 900})
-        page.goto(server.url)
-        expect(page.locator("#model-status")).to_contain_text("ready", timeout=60_000)
+        page = _ready_page(browser, server, 1440, 900)
 
         _upload(page, ROOT / "assets" / "rocket.jpg")
         labels = page.locator("#labels textarea, #labels input").first
@@ -85,9 +83,7 @@ def test_enter_runs_cards_show_each_label_whole_and_a_threshold_move_calls_no_mo
         page.screenshot(path=str(ARTIFACTS / "app-error-keeps-page.png"), full_page=True)
 
         # Suggest before any run in a new page: a message, the slider stays a slider.
-        fresh = browser.new_page(viewport={"width": 1440, "height": 900})
-        fresh.goto(server.url)
-        expect(fresh.locator("#model-status")).to_contain_text("ready", timeout=60_000)
+        fresh = _ready_page(browser, server, 1440, 900)
         fresh.locator("#suggest").click()
         expect(fresh.get_by_text("Run first").first).to_be_visible(timeout=30_000)
         expect(fresh.locator("#threshold input[type=number]")).to_have_value("0")
@@ -99,9 +95,7 @@ def test_enter_runs_cards_show_each_label_whole_and_a_threshold_move_calls_no_mo
 def test_phone_width_example_click_runs_and_nothing_scrolls_sideways(browser, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     with running_app(tmp_path, *tiny_args()) as server:
-        page = browser.new_page(viewport={"width": 390, "height": 844})
-        page.goto(server.url)
-        expect(page.locator("#model-status")).to_contain_text("ready", timeout=60_000)
+        page = _ready_page(browser, server, 390, 844)
         page.get_by_text("rocket, smoke, sky, giraffe").first.click()  # an example: no Run pressed
         expect(page.locator(".label-card")).to_have_count(4, timeout=90_000)
         expect(page.locator("#cards")).not_to_contain_text("computing masks", timeout=90_000)
@@ -122,6 +116,14 @@ def _shown_result(page) -> dict:
 
     href = page.locator("#result-json a").first.get_attribute("href")
     return json.loads(page.request.get(href).text())
+
+
+def _ready_page(browser, server, width: int, height: int):
+    """A new page of the app at this viewport, once the models say they are ready."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(server.url)
+    expect(page.locator("#model-status")).to_contain_text("ready", timeout=60_000)
+    return page
 
 
 def _upload(page, image: Path) -> None:
@@ -146,9 +148,7 @@ def _pick_dropdown(page, elem_id: str, option: str) -> None:
 def test_backbone_choice_suggested_threshold_and_instances(browser, tmp_path):
     rn50 = ROOT / "tests" / "data" / "parity-rn" / "weights.safetensors"
     with running_app(tmp_path, *tiny_args("--backbone-checkpoint", f"RN50={rn50}")) as server:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(server.url)
-        expect(page.locator("#model-status")).to_contain_text("ready", timeout=60_000)
+        page = _ready_page(browser, server, 1400, 1000)
         _upload(page, ROOT / "assets" / "chelsea.jpg")
         page.locator("#labels input, #labels textarea").first.fill("cat, grass")
         page.get_by_text("Advanced").click()
@@ -179,9 +179,7 @@ def test_backbone_choice_suggested_threshold_and_instances(browser, tmp_path):
 def test_compare_all_methods_and_take_points_from_another_without_an_encoder_call(browser, tmp_path):
     ARTIFACTS.mkdir(exist_ok=True)
     with running_app(tmp_path, *tiny_args()) as server:
-        page = browser.new_page(viewport={"width": 1440, "height": 900})
-        page.goto(server.url)
-        expect(page.locator("#model-status")).to_contain_text("ready", timeout=60_000)
+        page = _ready_page(browser, server, 1440, 900)
         _upload(page, ROOT / "assets" / "rocket.jpg")
         for title in ("MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP"):
             page.locator("#methods label").filter(has_text=re.compile(rf"^\s*{title}\s*$")).click()
