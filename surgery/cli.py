@@ -1,4 +1,5 @@
-"""`python -m surgery explain IMAGE [IMAGE ...] --labels "person, bench, cat+grass"`.
+"""`python -m surgery explain IMAGE [IMAGE ...] --labels "person, bench, cat+grass"`, and
+`python -m surgery calibrate FOLDER --labels "..." --out DIR` (dataset mode, `surgery.dataset`).
 
 Exit codes: 0 all images explained; 2 bad arguments or at least one unreadable
 image (the others are still processed); 1 weights could not be obtained.
@@ -15,6 +16,7 @@ from tqdm import tqdm
 
 from .clip.methods import DEFAULT_METHODS, DEFAULT_POINTS_FROM, METHODS, check_methods
 from .clip.vit import MIN_RESOLUTION, check_resolution
+from .device import DEVICE_CHOICES, resolve_device
 from .errors import InputError, UserError, WeightsUnavailable
 from .hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
 from .images import WORK_MAX_SIDE, fit_long_side, load_image
@@ -25,7 +27,7 @@ from .method.results import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, MapOptions
 from .method.threshold import THRESHOLD_RULE, check_threshold
 from .method.views import PointOptions
 from .output.files import output_files, result_json, write_outputs
-from .precision import PRECISIONS
+from .precision import PRECISIONS, check_precision, default_precision
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
@@ -54,6 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     explain = commands.add_parser("explain", help="explain images: heatmaps, points, SAM masks")
     explain.add_argument("images", nargs="+", help="image files or folders of images")
+    add_explain_options(explain)
+    explain.add_argument("--format", choices=("files", "coco"), default="files",
+                         help="'coco' also writes coco.json (RLE masks, one category per label)")
+    explain.add_argument("--out", type=Path, default=Path("out"), help="output folder (default ./out)")
+    from .dataset.command import add_calibrate_arguments
+
+    calibrate = commands.add_parser("calibrate", help="explain a folder, pool its values, suggest a threshold: "
+                                                      "summary.json and report.html")
+    add_calibrate_arguments(calibrate)
+    add_explain_options(calibrate)
+    return parser
+
+
+def add_explain_options(explain: argparse.ArgumentParser) -> None:
+    """The options every command that explains images shares: labels, maps, models, points."""
     explain.add_argument("--labels", required=True, help='comma-separated labels; "a+b" combines targets')
     explain.add_argument("--resolution", type=int, default=DEFAULT_RESOLUTION,
                          help=f"CLIP input size, a multiple of the patch size in 224..1024 (default {DEFAULT_RESOLUTION})")
@@ -76,18 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--sam-model", choices=list(SAM_CHECKPOINTS), default=None,
                          help="SAM size (default vit_b; vit_h where the models run on a GPU)")
     explain.add_argument("--sam-checkpoint", type=Path, help="local SAM state dict (.pth/.safetensors)")
-    explain.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                         help="image encoders in float32 (default) or bfloat16 where the CPU runs it natively")
+    explain.add_argument("--device", default="auto", metavar="DEVICE",
+                         help=f"where the models run: {DEVICE_CHOICES} (default auto: CUDA when available, else CPU)")
+    explain.add_argument("--precision", choices=PRECISIONS, default=None,
+                         help="image encoders in float32 (exact; the CPU default), bfloat16 (the GPU default; "
+                              "on a CPU only where it runs bf16 natively) or float16 (GPU only)")
     explain.add_argument("--instances", action="store_true",
                          help="split each label's strong region into connected instances, one mask each")
     explain.add_argument("--positive-only", action="store_true", help="send SAM positive points only")
     explain.add_argument("--max-side", type=_max_side, default=WORK_MAX_SIDE, metavar="PX",
                          help=f"scale larger images down to this longest side first, as the app does "
                               f"(default {WORK_MAX_SIDE}; 0 keeps the original size)")
-    explain.add_argument("--format", choices=("files", "coco"), default="files",
-                         help="'coco' also writes coco.json (RLE masks, one category per label)")
-    explain.add_argument("--out", type=Path, default=Path("out"), help="output folder (default ./out)")
-    return parser
 
 
 def expand_images(paths: list[str]) -> list[Path]:
@@ -127,15 +143,18 @@ def run_explain(args: argparse.Namespace) -> int:
     for note in parsed.notes:
         print(f"note: {note}", file=sys.stderr)
     methods, points_from = check_methods(args.methods, args.points_from)
-    options = MapOptions(resolution=args.resolution, redundancy=args.redundancy, precision=args.precision,
+    device = resolve_device(args.device)
+    precision = check_precision(args.precision or default_precision(device), device)
+    options = MapOptions(resolution=args.resolution, redundancy=args.redundancy, precision=precision,
                          methods=methods, points_from=points_from)
     images = expand_images(args.images)
     if not images:
         raise InputError("No images found in the given folders.")
-    explainer = load_clip(args.model, args.clip_checkpoint, text_cache_dir=default_text_cache_dir())
+    explainer = load_clip(args.model, args.clip_checkpoint, text_cache_dir=default_text_cache_dir(), device=device)
     check_resolution(options.resolution, explainer.patch_size)  # once, not once per image
     check_methods(methods, points_from, explainer.is_resnet)
-    segmenter = None if args.no_sam else load_segmenter(args.sam_model, args.sam_checkpoint, precision=args.precision)
+    segmenter = None if args.no_sam else load_segmenter(args.sam_model, args.sam_checkpoint, precision=precision,
+                                                        device=device)
     sam_name = None if segmenter is None else segmenter.name
     failures = 0
     used: set[str] = set()
@@ -168,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "calibrate":
+            from .dataset.command import run_calibrate
+
+            return run_calibrate(args)
         return run_explain(args)
     except WeightsUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,7 +1,9 @@
-"""Numeric precision of the image encoders: the choices, and where bfloat16 really is faster.
+"""Numeric precision of the image encoders: the choices, the default per device, and where each runs.
 
 Text features are always float32 (each label is encoded once and cached), so a
-precision only ever applies to the CLIP and SAM image encoders.
+precision only ever applies to the CLIP and SAM image encoders. fp32 is exact
+everywhere (TF32 is off on CUDA, see `surgery.device`); bf16 is the GPU
+default; fp16 runs on GPUs only.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ import torch
 
 from .errors import InputError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_precision(device: torch.device | str) -> str:
+    """bf16 for the image encoders on a GPU that runs it natively, else fp32."""
+    return "bf16" if torch.device(device).type == "cuda" and bf16_supported(device) else "fp32"
 
 
 def bf16_supported(device: torch.device | str) -> bool:
@@ -22,8 +30,8 @@ def bf16_supported(device: torch.device | str) -> bool:
     (ARM); oneDNN would emulate bf16 elsewhere, slower than fp32.
     """
     device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cuda":  # native bf16 from Ampere (compute capability 8) on
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
     if device.type == "cpu":
         capabilities = torch.cpu.get_capabilities()
         return any(bool(capabilities.get(name)) for name in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
@@ -34,15 +42,18 @@ def check_precision(precision: str, device: torch.device | str = "cpu") -> str:
     """`precision` when it is a known choice that `device` runs natively; else an `InputError`."""
     if precision not in PRECISIONS:
         raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}; got {str(precision)[:40]!r} (unknown precision).")
+    on_gpu = torch.device(device).type == "cuda"
     if precision == "bf16" and not bf16_supported(device):
-        what = "GPU" if torch.device(device).type == "cuda" else "CPU"
-        raise InputError(f"bf16 is not supported on this {what}; use fp32.")
+        raise InputError(f"bf16 is not supported on this {'GPU' if on_gpu else 'CPU'}; use fp32.")
+    if precision == "fp16" and not on_gpu:
+        raise InputError("fp16 runs on a GPU only; use fp32 (or bf16 where the CPU supports it).")
     return precision
 
 
 def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
-    """fp32: nothing; bf16: autocast on `device`, refused with a clear message where it would be emulated."""
+    """fp32: nothing; bf16/fp16: autocast on `device`, refused with a clear message where it would be
+    emulated or unsupported."""
     check_precision(precision, device)
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return torch.autocast(torch.device(device).type, dtype=_DTYPES[precision])

@@ -129,14 +129,14 @@ def sclip_block(block, h: torch.Tensor) -> torch.Tensor:
 
 def _neighbourhood_bias(grid: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Omega (1 + g*g, 1 + g*g): Gaussian of the squared grid distance between patches, 0 for CLS."""
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
-                            indexing="ij")
+    steps = torch.arange(grid, dtype=torch.float64, device=device)
+    ys, xs = torch.meshgrid(steps, steps, indexing="ij")
     ys, xs = ys.reshape(-1), xs.reshape(-1)
     squared = (ys[:, None] - ys[None, :]) ** 2 + (xs[:, None] - xs[None, :]) ** 2
     patches = torch.exp(-squared / (2.0 * sigma ** 2))
-    omega = torch.zeros(grid * grid + 1, grid * grid + 1, dtype=torch.float64)
+    omega = torch.zeros(grid * grid + 1, grid * grid + 1, dtype=torch.float64, device=device)
     omega[1:, 1:] = patches
-    return omega.to(dtype=dtype, device=device)
+    return omega.to(dtype=dtype)
 
 
 @torch.inference_mode()

@@ -46,6 +46,7 @@ class ClipExplainer:
         if not self.is_resnet and not hasattr(model.visual, "transformer"):
             raise InputError(f"{name} has neither a ViT nor a ResNet image tower; it is not supported by this engine.")
         self.model = model
+        self.device = model.logit_scale.device  # where the model was placed (surgery.loading)
         self.name = name
         self.weights_id = weights_id
         self.patch_size = OUTPUT_STRIDE if self.is_resnet else model.visual.conv1.kernel_size[0]
@@ -68,13 +69,13 @@ class ClipExplainer:
             check_resnet_resolution(resolution)
         else:
             check_resolution(resolution, self.patch_size)
-        precision_scope = autocast(precision)
+        precision_scope = autocast(precision, self.device)
         key = (image_key(image_rgb), resolution, None if self.is_resnet else surgery_depth, precision)
 
         def compute() -> ImageTokens:
             self.image_encodings += 1
             calls.info("model call: CLIP image encoder at %d px", resolution)
-            pixels = clip_input(image_rgb, resolution, self.mean, self.std)
+            pixels = clip_input(image_rgb, resolution, self.mean, self.std, self.device)
             with precision_scope:
                 if self.is_resnet:  # the surgery is in the attention pool; depth does not apply
                     tokens = encode_resnet_tokens(self.model.visual, pixels)
@@ -101,14 +102,14 @@ class ClipExplainer:
                 return tokens.trunk
             self.image_encodings += 1
             calls.info("model call: CLIP image encoder (trunk, bicubic positions) at %d px", resolution)
-            pixels = clip_input(image_rgb, resolution, self.mean, self.std)
-            with autocast(precision):
+            pixels = clip_input(image_rgb, resolution, self.mean, self.std, self.device)
+            with autocast(precision, self.device):
                 return dense_methods.trunk(visual, pixels)
 
         def compute() -> torch.Tensor:
             h = self._image_cache.get_or_compute((image, resolution, "trunk", precision), trunk)
             calls.info("model call: CLIP last block for %s", method)
-            with torch.inference_mode(), autocast(precision):
+            with torch.inference_mode(), autocast(precision, self.device):
                 out = entry.last_block(visual.transformer.resblocks[-1], h, resolution // self.patch_size)
                 return dense_methods.patch_tokens(visual, out)[0].float()
 
@@ -129,7 +130,7 @@ class ClipExplainer:
             for text in list(missing):
                 stored = store.load(text)
                 if stored is not None:
-                    self._text_cache.put(key(text), stored)
+                    self._text_cache.put(key(text), stored.to(self.device))
                     missing.remove(text)
         if missing:
             calls.info("model call: CLIP text encoder for %d labels", len(missing))
@@ -195,12 +196,13 @@ class ClipExplainer:
         else:
             context_maps = feature_surgery.surgery_across_labels(surgery_tokens, context_features)
         clip_maps = feature_surgery.plain_similarity(tokens.clip_tokens, context_features)
-        presence = feature_surgery.presence_probabilities(tokens.clip_tokens[0, 0], context_features, self.logit_scale)
+        presence = feature_surgery.presence_probabilities(tokens.clip_tokens[0, 0], context_features,
+                                                          self.logit_scale).cpu()
         grid = tokens.grid
 
         def grid_maps(similarity: torch.Tensor, texts: tuple[str, ...]) -> np.ndarray:
             columns = [index[t] for t in texts]
-            return similarity[0, 1:, columns].T.reshape(len(columns), grid, grid).numpy().astype(np.float32)
+            return similarity[0, 1:, columns].T.reshape(len(columns), grid, grid).cpu().numpy().astype(np.float32)
 
         dense_maps = {}  # method -> (g*g, labels) cosine of its patch tokens with the ImageNet-ensemble features
         if dense:
@@ -209,7 +211,7 @@ class ClipExplainer:
 
         def dense_parts(method: str, texts: tuple[str, ...]) -> np.ndarray:
             columns = [label_index[t] for t in texts]
-            return dense_maps[method][:, columns].T.reshape(len(columns), grid, grid).numpy().astype(np.float32)
+            return dense_maps[method][:, columns].T.reshape(len(columns), grid, grid).cpu().numpy().astype(np.float32)
 
         results = []
         for label in labels:

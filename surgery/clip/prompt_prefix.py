@@ -30,14 +30,15 @@ class PrefixEncoder:
     @torch.inference_mode()
     def __init__(self, model: CLIP, templates: tuple[str, ...] | None = None) -> None:
         self.model = model
+        self.device = device = model.token_embedding.weight.device
         self.templates = templates or prompt_templates()
         self.prefix_ids = [[SOT] + clip_bpe.encode(t.split("{}")[0]) for t in self.templates]
         self.suffix_ids = [clip_bpe.encode(t.split("{}")[1]) for t in self.templates]
-        self.lengths = torch.tensor([len(p) for p in self.prefix_ids])
+        self.lengths = torch.tensor([len(p) for p in self.prefix_ids], device=device)
         self.width = int(self.lengths.max())
-        ids = torch.zeros(len(self.templates), self.width, dtype=torch.long)
+        ids = torch.zeros(len(self.templates), self.width, dtype=torch.long, device=device)
         for i, prefix in enumerate(self.prefix_ids):
-            ids[i, : len(prefix)] = torch.tensor(prefix)
+            ids[i, : len(prefix)] = torch.tensor(prefix, device=device)
         x = model.token_embedding(ids) + model.positional_embedding[: self.width]
         mask = model.attn_mask[: self.width, : self.width]  # right padding: real positions never see pads
         self.keys, self.values = [], []
@@ -68,7 +69,7 @@ class PrefixEncoder:
         whatever else is asked with it (batch composition changes float rounding).
         """
         count = len(self.templates)
-        features = torch.empty(len(labels), count, self.model.text_projection.shape[1])
+        features = torch.empty(len(labels), count, self.model.text_projection.shape[1], device=self.device)
         plain_labels = []
         groups: dict[tuple[int, int], list[tuple[int, int, list[int]]]] = {}
         for index, label in enumerate(labels):
@@ -91,13 +92,14 @@ class PrefixEncoder:
         """EOT features for equal-length suffix rows, attending to their templates' cached prefixes."""
         model = self.model
         n, length = len(rows), len(rows[0])
-        template_of = torch.tensor(template_of)
+        device = self.device
+        template_of = torch.tensor(template_of, device=device)
         starts = self.lengths[template_of]
-        ids = torch.tensor(rows)
-        positions = starts[:, None] + torch.arange(length)[None, :]
+        ids = torch.tensor(rows, device=device)
+        positions = starts[:, None] + torch.arange(length, device=device)[None, :]
         x = model.token_embedding(ids) + model.positional_embedding[positions]
-        prefix_ok = torch.arange(self.width)[None, :] < starts[:, None]
-        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        prefix_ok = torch.arange(self.width, device=device)[None, :] < starts[:, None]
+        causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
         allowed = torch.cat([prefix_ok[:, None, :].expand(n, length, self.width),
                              causal[None].expand(n, length, length)], dim=2)[:, None]
         for layer, block in enumerate(model.transformer.resblocks):

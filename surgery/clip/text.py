@@ -19,6 +19,7 @@ ENCODE_CHUNK = 512  # sequences per text-transformer call: bounds peak memory
 @torch.inference_mode()
 def encode_token_batch(model: CLIP, tokens: torch.Tensor) -> torch.Tensor:
     """EOT features `@ text_projection` (n, c), not normalised, from the truncated context."""
+    tokens = tokens.to(model.token_embedding.weight.device)
     eot_index = tokens.argmax(dim=-1)  # EOT has the largest id
     length = int(eot_index.max()) + 1
     x = model.token_embedding(tokens[:, :length]) + model.positional_embedding[:length]
@@ -42,7 +43,8 @@ def prompt_ensemble(model: CLIP, labels: list[str], templates: tuple[str, ...] |
     templates = templates or prompt_templates()
     per_label = [tokenize([template.format(label) for template in templates]) for label in labels]
     lengths = [int(tokens.argmax(dim=-1).max()) + 1 for tokens in per_label]
-    features = torch.empty(len(labels), len(templates), model.text_projection.shape[1])
+    features = torch.empty(len(labels), len(templates), model.text_projection.shape[1],
+                           device=model.text_projection.device)
     labels_per_call = max(1, ENCODE_CHUNK // len(templates))
     for length in sorted(set(lengths)):
         group = [i for i, n in enumerate(lengths) if n == length]

@@ -37,6 +37,10 @@ class ImageEmbedding:
     input_size: tuple[int, int]  # (H, W) after resizing the long side to the encoder size
     key: str  # "<model id>:<image digest>"
 
+    def to(self, device: torch.device | str) -> "ImageEmbedding":
+        """The same embedding with its features on `device` (CPU to leave a GPU worker, e.g. on ZeroGPU)."""
+        return ImageEmbedding(self.features.to(device), self.original_size, self.input_size, self.key)
+
 
 def _check_image(image_rgb: object) -> np.ndarray:
     if not isinstance(image_rgb, np.ndarray) or image_rgb.dtype != np.uint8:
@@ -112,7 +116,7 @@ class SamSegmenter:
         points = _check_points(points, embedding.original_size)
         calls.info("model call: SAM mask decoder (%d points)", len(points))
         predictor = SamPredictor(self.sam)
-        predictor.features = embedding.features
+        predictor.features = embedding.features.to(self.sam.device)
         predictor.original_size = embedding.original_size
         predictor.input_size = embedding.input_size
         predictor.is_image_set = True

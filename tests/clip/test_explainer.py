@@ -196,6 +196,8 @@ def test_bf16_maps_agree_with_fp32_and_are_cached_apart(explainer, rocket, caplo
         correlation = np.corrcoef(a.surgery_map.ravel(), b.surgery_map.ravel())[0, 1]
         assert correlation > 0.95
     with pytest.raises(InputError, match="Precision must be one of"):
+        explainer.compute_maps(rocket, labels, MapOptions(224, "labels", precision="fp8"))
+    with pytest.raises(InputError, match="fp16 runs on a GPU only"):  # a CPU has no fp16 autocast worth having
         explainer.compute_maps(rocket, labels, MapOptions(224, "labels", precision="fp16"))
 
 

@@ -393,7 +393,9 @@ def test_bad_requests_are_input_errors(stock_sam, fast_sam, image):
         segmenter.embed(image.astype(np.float32))
     with pytest.raises(InputError, match="RGB"):
         segmenter.embed(image[..., 0])
-    with pytest.raises(InputError, match="precision"):
+    with pytest.raises(InputError, match="unknown precision"):
+        SamSegmenter(stock_sam, precision="int8")
+    with pytest.raises(InputError, match="fp16 runs on a GPU only"):
         SamSegmenter(stock_sam, precision="fp16")
     assert isinstance(embedding, ImageEmbedding)
     assert embedding.features.shape == (1, SMALL_ARCH.out_chans, 16, 16) and embedding.input_size == (154, 256)
