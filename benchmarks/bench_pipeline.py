@@ -87,7 +87,6 @@ from pipeline_report import check_smoke, print_table, summarise, table_title
 RESOLUTION = 512
 REDUNDANCY = "vocab"
 BACKBONE = "ViT-B/16"
-SAM_NAME = "vit_b"
 LOAD_TIMEOUT_S = 1800
 
 # Nouns for labels; any in the background vocabulary are dropped (those are warm in the product).
@@ -159,17 +158,18 @@ def product_worker(args: argparse.Namespace, plan: dict, clip_path: Path, sam_pa
     calls = ModelCallCounter.install()
     ready = LogWatch("explorer.model_store", "default models ")
     started = time.perf_counter()
-    config = ModelConfig(clip_model=BACKBONE, clip_checkpoint=clip_path, sam_model=SAM_NAME, sam_checkpoint=sam_path,
-                         text_cache_dir=tmp / "text-cache")  # as explorer.main: on disk, here fresh
+    config = ModelConfig(clip_model=BACKBONE, clip_checkpoint=clip_path, sam_model=args.sam_model,
+                         sam_checkpoint=sam_path, text_cache_dir=tmp / "text-cache",  # as explorer.main: on disk
+                         device=args.device)
     store = ModelStore(config)
-    if args.precision == "fp32":
+    if args.precision == config.default_precision():
         store.start()  # what explorer.main does: both models and the vocabulary, in the background
         store.clip()
         store.sam(None, "fp32")
         message = ready.wait(LOAD_TIMEOUT_S)
         if "loaded and ready" not in message:
             raise SystemExit(f"the model store did not get ready: {message}")
-    else:  # start() would also load an fp32 SAM nobody uses in this run
+    else:  # start() would also load a SAM in the device's default precision nobody uses in this run
         store.clip().warm_vocabulary()
         store.sam(None, args.precision)
     load_s = time.perf_counter() - started
@@ -179,7 +179,7 @@ def product_worker(args: argparse.Namespace, plan: dict, clip_path: Path, sam_pa
     meter = Meter(GradioPostprocess(), calls)
 
     def run_args(image, labels: str, threshold: float = 0.0) -> tuple:
-        return (image, labels, threshold, BACKBONE, RESOLUTION, REDUNDANCY, SAM_NAME, args.precision)
+        return (image, labels, threshold, BACKBONE, RESOLUTION, REDUNDANCY, args.sam_model, args.precision)
 
     results: dict[str, list] = defaultdict(list)
     warmup: dict = {}
@@ -194,7 +194,7 @@ def product_worker(args: argparse.Namespace, plan: dict, clip_path: Path, sam_pa
 
         image_a = make_image(item["image_a"], args.long_side)
         # (a) upload -> pre-encode, then Run
-        record("pre_encode", meter.call(handlers.pre_encode, (image_a, BACKBONE, RESOLUTION, SAM_NAME,
+        record("pre_encode", meter.call(handlers.pre_encode, (image_a, BACKBONE, RESOLUTION, args.sam_model,
                                                               args.precision)))
         run_a = meter.run(handlers.run, run_args(image_a, item["labels_a"]))
         record("a_pre", run_a)
@@ -226,9 +226,16 @@ def product_worker(args: argparse.Namespace, plan: dict, clip_path: Path, sam_pa
         profile_text = profile(lambda: list(handlers.run(*run_args(make_image(9999, args.long_side),
                                                                    "quill, anvil, lantern"))))
     memory_log["end"] = memory()
+    gpu_peak_mb = None
+    if args.device.startswith("cuda"):
+        import torch
+
+        gpu_peak_mb = torch.cuda.max_memory_allocated() / 2**20
+        print(f"  product: peak GPU memory {gpu_peak_mb:.0f} MB (allocated by torch)", file=sys.stderr, flush=True)
     store.close()
     return {"mode": "product", "import_s": import_s, "load_s": load_s, "memory": memory_log,
-            "results": dict(results), "warmup": warmup, "cprofile": profile_text}
+            "results": dict(results), "warmup": warmup, "cprofile": profile_text, "gpu_peak_mb": gpu_peak_mb,
+            "device": args.device, "sam_model": args.sam_model}
 
 
 def baseline_worker(args: argparse.Namespace, plan: dict, clip_path: Path, sam_path: Path, tmp: Path) -> dict:
@@ -241,7 +248,8 @@ def baseline_worker(args: argparse.Namespace, plan: dict, clip_path: Path, sam_p
 
     calls = ModelCallCounter.install()
     started = time.perf_counter()
-    config = ModelConfig(clip_model=BACKBONE, clip_checkpoint=clip_path, sam_model=SAM_NAME, sam_checkpoint=sam_path)
+    config = ModelConfig(clip_model=BACKBONE, clip_checkpoint=clip_path, sam_model=args.sam_model,
+                         sam_checkpoint=sam_path, device=args.device)
     baseline = BaselineApp(config, tmp / "outputs", resolution=RESOLUTION, redundancy=REDUNDANCY,
                            precision=args.precision, text_sample=args.baseline_text_sample)
     baseline.load()
@@ -282,6 +290,7 @@ def run_worker(mode: str, args: argparse.Namespace, plan_path: Path, clip_path: 
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--plan", str(plan_path),
                "--worker-out", str(out), "--clip", str(clip_path), "--sam", str(sam_path),
                "--threads", str(args.threads), "--precision", args.precision, "--reps", str(args.reps),
+               "--device", args.device, "--sam-model", args.sam_model,
                "--baseline-reps", str(args.baseline_reps), "--long-side", str(args.long_side),
                "--baseline-text-sample", str(args.baseline_text_sample)]
     if args.cprofile and mode == "product":
@@ -297,7 +306,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-reps", type=int, default=1, help="baseline repetitions (slow; default 1)")
     parser.add_argument("--json", type=Path, help="also write all results here")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="image encoder precision")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                        help="image encoder precision")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N: where the models run")
+    parser.add_argument("--sam-model", choices=("vit_b", "vit_l", "vit_h"), default="vit_b",
+                        help="SAM size (full-size random weights; vit_h writes a 2.5 GB checkpoint once)")
     parser.add_argument("--skip-baseline", action="store_true", help="product mode only")
     parser.add_argument("--long-side", type=int, default=0, help="resize test photos to this long side (0: as is)")
     parser.add_argument("--cprofile", type=Path, help="write a cProfile of one extra cold product Run here")
@@ -351,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: --reps {args.reps}: fewer than 5 repetitions; figures are not comparable with the "
                   "README's medians of 5", flush=True)
         args.reps = max(1, args.reps)
-        clip_path, sam_path = prepared_checkpoints(CACHE_DIR)
+        clip_path, sam_path = prepared_checkpoints(CACHE_DIR, args.sam_model)
         folder = CACHE_DIR / "runs" / time.strftime("%Y%m%d-%H%M%S")  # worker results survive a failed mode
         folder.mkdir(parents=True, exist_ok=True)
     args.baseline_reps = max(1, min(args.baseline_reps, args.reps))
@@ -374,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     info = {"cpu": torch.cpu.get_capabilities().get("cpu_name", "?"), "torch": torch.__version__,
             "threads": args.threads, "precision": args.precision, "reps": args.reps, "smoke": args.smoke,
             "baseline_reps": args.baseline_reps, "long_side": args.long_side, "wall_s": wall_s,
-            "load1_after": os.getloadavg()[0]}
+            "load1_after": os.getloadavg()[0], "device": args.device, "sam_model": args.sam_model,
+            "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None}
     print(f"\n{info}")
     if product and product.get("cprofile") and args.cprofile:
         args.cprofile.write_text(product["cprofile"])

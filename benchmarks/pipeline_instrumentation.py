@@ -90,27 +90,31 @@ def clip_checkpoint(cache: Path = CACHE_DIR) -> Path:
     return path
 
 
-def sam_checkpoint(cache: Path = CACHE_DIR) -> Path:
-    """The random full-size SAM vit_b (~375 MB) in `cache`, in the layout of Meta's sam_vit_b_01ec64.pth."""
-    path = cache / SAM_FILE
+def sam_checkpoint(cache: Path = CACHE_DIR, size: str = "vit_b") -> Path:
+    """The random full-size SAM `size` (vit_b ~375 MB, vit_h ~2.5 GB) in `cache`, in the layout of Meta's
+    checkpoints."""
+    path = cache / SAM_FILE.replace("vit_b", size)
     if path.is_file():
         return path
-    from checkpoints import VIT_B_ARCH, write_random_sam_checkpoint
+    from surgery.sam.architecture import VIT_B_ARCH, VIT_H_ARCH, VIT_L_ARCH
 
-    print(f"writing random SAM vit_b checkpoint to {path} …", flush=True)
+    from checkpoints import write_random_sam_checkpoint
+
+    arch = {"vit_b": VIT_B_ARCH, "vit_l": VIT_L_ARCH, "vit_h": VIT_H_ARCH}[size]
+    print(f"writing random SAM {size} checkpoint to {path} …", flush=True)
     partial = path.with_name(path.stem + ".partial.pth")
-    write_random_sam_checkpoint(partial, VIT_B_ARCH, seed=0)
+    write_random_sam_checkpoint(partial, arch, seed=0)
     partial.replace(path)
     return path
 
 
-def prepared_checkpoints(cache: Path = CACHE_DIR) -> tuple[Path, Path]:
+def prepared_checkpoints(cache: Path = CACHE_DIR, sam_size: str = "vit_b") -> tuple[Path, Path]:
     """(CLIP, SAM) full-size random checkpoints in `cache`. A child process writes missing ones, so the
     caller never imports torch or holds a model: the benchmark's workers would inherit that peak RSS
     (ru_maxrss survives fork and exec)."""
-    clip_path, sam_path = cache / CLIP_FILE, cache / SAM_FILE
+    clip_path, sam_path = cache / CLIP_FILE, cache / SAM_FILE.replace("vit_b", sam_size)
     if not (clip_path.is_file() and sam_path.is_file()):
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), str(cache)], check=True, cwd=ROOT)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), str(cache), sam_size], check=True, cwd=ROOT)
     return clip_path, sam_path
 
 
@@ -373,6 +377,6 @@ def strip(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in ("state", "result")}
 
 
-if __name__ == "__main__":  # python pipeline_instrumentation.py [CACHE_DIR]: write the full-size checkpoints
+if __name__ == "__main__":  # python pipeline_instrumentation.py [CACHE_DIR [SAM]]: write the full-size checkpoints
     _cache = Path(sys.argv[1]) if len(sys.argv) > 1 else CACHE_DIR
-    print(clip_checkpoint(_cache), sam_checkpoint(_cache))
+    print(clip_checkpoint(_cache), sam_checkpoint(_cache, sys.argv[2] if len(sys.argv) > 2 else "vit_b"))

@@ -24,11 +24,12 @@ from surgery.method.results import METHOD_TITLES, MapOptions
 from surgery.method.threshold import check_threshold
 from surgery.method.views import Explanation, PointOptions, apply_threshold
 from surgery.output.files import label_slug
-from surgery.precision import PRECISIONS
+from surgery.precision import PRECISIONS, check_precision
 
 from . import cards, page, served_files
 from . import session as S
 from .components import upload_problem
+from .gpu import ModelWork
 from .inputs import check_resolution_choice, image_array, image_file_name
 from .model_store import ModelStore
 
@@ -88,11 +89,21 @@ class Handlers:
 
     def __init__(self, store: ModelStore, output_dir: Path) -> None:
         self.store = store
+        self.work = ModelWork(store)  # every model call, as a GPU task where the app runs on ZeroGPU
         self.output_dir = Path(output_dir)
 
     # --- helpers --------------------------------------------------------------------
     def _segmenter(self, state: S.SessionState):
-        return None if state.sam_key is None else self.store.sam(*state.sam_key)
+        return self.work.segmenter(state.sam_key)
+
+    def _precision(self, precision) -> str:
+        """The request's precision, or the device's default when it names none; one this device runs."""
+        if precision in (None, ""):
+            return self.store.config.default_precision()
+        if precision not in PRECISIONS:
+            raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}.")
+        placement = self.store.config.placement()
+        return precision if placement is None else check_precision(precision, placement)
 
     def _write(self, state: S.SessionState, explanation: Explanation, sam_pending: bool):
         """Write this render's shown files (and downloads once SAM is done or off)."""
@@ -134,19 +145,17 @@ class Handlers:
         threshold_value = check_threshold(threshold)
         if redundancy not in REDUNDANCY_MODES:
             raise InputError(f"Redundancy must be one of {', '.join(REDUNDANCY_MODES)}.")
-        sam_key = self.store.sam_key(sam_choice, precision)
-        if precision not in PRECISIONS:
-            raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}.")
+        sam_key = self.store.sam_key(sam_choice, self._precision(precision))
         return parsed, threshold_value, sam_key, check_methods(methods, points_from)
 
     def _maps(self, image, parsed, backbone, resolution, redundancy, precision, methods, progress=None):
         working = image_array(image)
-        explainer = self.store.clip(backbone, progress=progress)
+        explainer = self.store.clip(backbone, progress=progress)  # loaded here; computed in a GPU task
         size, note = check_resolution_choice(resolution, explainer.patch_size)
         chosen, points_from = methods
-        maps = explainer.compute_maps(working.rgb, parsed.labels,
-                                      MapOptions(resolution=size, redundancy=redundancy, precision=precision,
-                                                 methods=chosen, points_from=points_from))
+        maps = self.work.maps(backbone, working.rgb, parsed.labels,
+                              MapOptions(resolution=size, redundancy=redundancy, precision=self._precision(precision),
+                                         methods=chosen, points_from=points_from))
         notes = tuple(parsed.notes) + tuple(n for n in (working.note, note) if n)
         return working, explainer, maps, notes
 
@@ -180,12 +189,13 @@ class Handlers:
         if image is None:
             return
         rgb = image_array(image).rgb
+        precision = self._precision(precision)
         explainer = self.store.clip(backbone)
         size, _ = check_resolution_choice(resolution, explainer.patch_size)
-        explainer.image_tokens(rgb, size, precision=precision)
-        segmenter = self.store.sam(sam_choice, precision)
-        if segmenter is not None:
-            segmenter.embed(rgb)
+        sam_key = self.store.sam_key(sam_choice, precision)
+        if sam_key is not None:
+            self.store.sam(*sam_key)  # loaded here, so the task below only computes
+        self.work.pre_encode(backbone, size, precision, sam_key, rgb)
         self.store.idle_trim.job_done()
 
     @user_errors
@@ -198,7 +208,7 @@ class Handlers:
         progress(0.05, desc="Maps…")
         working, explainer, maps, notes = self._maps(image, parsed, backbone, resolution, redundancy, precision,
                                                      chosen, _progress_messages(progress))
-        segmenter = None if sam_key is None else self.store.sam(*sam_key, progress=_progress_messages(progress))
+        segmenter = self.work.segmenter(sam_key, progress=_progress_messages(progress))
         state = S.SessionState(
             working.rgb, maps, explainer.name, None if segmenter is None else segmenter.name, sam_key, None, notes,
             point_options=PointOptions(bool(instances), bool(positive_only)), image_name=image_file_name(image),
@@ -216,7 +226,7 @@ class Handlers:
 
     @user_errors
     def explain(self, image, labels_text, threshold=0.0, backbone=None, resolution=512, redundancy="vocab",
-                sam_choice=None, precision="fp32", instances=False, positive_only=False, methods=None,
+                sam_choice=None, precision=None, instances=False, positive_only=False, methods=None,
                 points_from=None, include_files=False):
         """Explain an image: where CLIP sees each label, by CLIP Surgery (and other methods), with SAM masks.
 
@@ -228,7 +238,7 @@ class Handlers:
             resolution: CLIP input size in pixels, 224 to 1024.
             redundancy: what feature surgery subtracts: "vocab", "labels" or "empty".
             sam_choice: the SAM model, or "off" for no masks.
-            precision: "fp32" or "bf16" for the image encoders.
+            precision: "fp32", "bf16" or "fp16" (GPU only) for the image encoders; default: bf16 on a GPU, fp32 on a CPU.
             instances: one mask per connected region of a label.
             positive_only: send SAM positive points only.
             methods: the maps to compute, from clip, surgery, maskclip, sclip, clearclip, naclip
@@ -247,7 +257,7 @@ class Handlers:
             image, labels_text, threshold, redundancy, sam_choice, precision, methods, points_from)
         working, explainer, maps, notes = self._maps(image, parsed, backbone, resolution, redundancy, precision,
                                                      chosen)
-        segmenter = None if sam_key is None else self.store.sam(*sam_key)
+        segmenter = self.work.segmenter(sam_key)
         state = S.SessionState(
             working.rgb, maps, explainer.name, None if segmenter is None else segmenter.name, sam_key,
             None if segmenter is None else segmenter.embed(working.rgb), notes,

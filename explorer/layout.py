@@ -9,7 +9,6 @@ import gradio as gr
 from surgery.clip.methods import DEFAULT_METHODS, DEFAULT_POINTS_FROM, METHODS
 from surgery.method.feature_surgery import REDUNDANCY_MODES
 from surgery.method.results import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION
-from surgery.precision import PRECISIONS
 
 from . import cards
 from .components import ChoiceDropdown, MethodsGroup, SafeImage, ThresholdSlider
@@ -81,7 +80,10 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
                                                "labels: against your other labels; empty: against an empty prompt.")
                     sam_choice = ChoiceDropdown(store.sam_choices(), value=store.sam_choices()[0],
                                              label="SAM model", info="'off' skips masks.")
-                    precision = gr.Radio(list(PRECISIONS), value="fp32", label="Precision")
+                    precision = gr.Radio(store.config.precisions(), value=store.config.default_precision(),
+                                         label="Precision",
+                                         info="Image encoders: fp32 is exact; bf16 (the GPU default) and fp16 are "
+                                              "faster where the hardware runs them.")
                     instances = gr.Checkbox(False, label="Split instances (one mask per connected region)",
                                             elem_id="instances")
                     positive_only = gr.Checkbox(False, label="Send SAM positive points only")

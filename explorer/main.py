@@ -9,8 +9,11 @@ import tempfile
 from pathlib import Path
 
 from surgery.clip.text_store import default_text_cache_dir
+from surgery.device import DEVICE_CHOICES
+from surgery.memory import limit_malloc_arenas
 from surgery.hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
 
+from .gpu import on_zero_gpu
 from .model_store import ModelConfig, ModelStore
 
 MAX_FILE_SIZE = "20mb"
@@ -35,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(env BACKBONE_CHECKPOINTS='NAME=PATH;NAME=PATH')")
     parser.add_argument("--no-sam", action="store_true", default=env("NO_SAM", "") in {"1", "true"},
                         help="run without SAM (env NO_SAM=1)")
+    parser.add_argument("--device", default=env("DEVICE") or "auto",
+                        help=f"where the models run: {DEVICE_CHOICES} (env DEVICE; default auto: CUDA when "
+                             "available, else CPU)")
     return parser.parse_args(argv)
 
 
@@ -46,11 +52,12 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(
         clip_model=args.model, clip_checkpoint=args.clip_checkpoint, sam_model=args.sam_model,
         sam_checkpoint=args.sam_checkpoint, load_sam=not args.no_sam, backbone_checkpoints=backbones,
-        text_cache_dir=default_text_cache_dir(),
+        text_cache_dir=default_text_cache_dir(), device=args.device,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
+    limit_malloc_arenas()  # before Gradio's threads: long runs otherwise keep growing (README, Limits)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     config = model_config(args)
@@ -60,8 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     from .layout import ASSETS, PAGE_CSS, THEME, build_demo
 
     gradio_patches.apply()
+    problem = config.device_problem()
+    if problem:  # the page says so too (model status), and every Run repeats it
+        logging.getLogger("app").error("%s", problem)
     store = ModelStore(config)
-    store.start()
+    # ZeroGPU wants the models placed before the app launches, and runs them only inside GPU tasks
+    # (the vocabulary is then encoded by the first Run and kept on disk for later workers).
+    store.start(wait=on_zero_gpu(), warm=not on_zero_gpu())
     OUTPUT_DIR.mkdir(parents=True, exist_ok=True)
     demo = build_demo(Handlers(store, OUTPUT_DIR), queue_size=int(os.environ.get("QUEUE_SIZE") or 32))
     demo.launch(

@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from surgery.clip.explainer import ClipExplainer
+from surgery.device import resolve_device, runs_on_gpu
 from surgery.errors import InputError, UserError, WeightsUnavailable
-from surgery.hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, OPENCLIP_SUGGESTED, SAM_CHECKPOINTS
+from surgery.hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, OPENCLIP_SUGGESTED, SAM_CHECKPOINTS, default_sam_model
 from surgery.hub.sources import ModelSource, is_known_clip, resolve_clip, resolve_sam
-from surgery.loading import default_sam_name, load_clip, load_segmenter
+from surgery.loading import load_clip, load_segmenter
 from surgery.memory import IdleTrim, release_freed_memory
-from surgery.precision import PRECISIONS
+from surgery.precision import PRECISIONS, bf16_supported, default_precision
 from surgery.sam.segmenter import SamSegmenter
 
 log = logging.getLogger(__name__)
@@ -48,15 +51,44 @@ def tiny_checkpoints_hint() -> str | None:
 class ModelConfig:
     clip_model: str = DEFAULT_CLIP
     clip_checkpoint: Path | None = None
-    sam_model: str | None = None  # None: the default for where models run (vit_b on the CPU)
+    sam_model: str | None = None  # None: the default for where models run (vit_b on the CPU, vit_h on a GPU)
     sam_checkpoint: Path | None = None
     load_sam: bool = True
     backbone_checkpoints: dict[str, Path] = field(default_factory=dict)  # other backbones from local files
     text_cache_dir: Path | None = None  # label embeddings on disk (None: memory only)
     max_loaded: int = 2  # per kind; the defaults count too
+    device: str = "auto"  # auto, cpu, cuda or cuda:N (surgery.device)
+
+    def placement(self) -> torch.device | None:
+        """Where the models run, or None when the device setting cannot be met (the loads then say why)."""
+        try:
+            return resolve_device(self.device)
+        except InputError:
+            return None
+
+    def device_problem(self) -> str | None:
+        """The one-line reason the device setting cannot be met, or None."""
+        try:
+            resolve_device(self.device)
+        except InputError as exc:
+            return str(exc)
+        return None
 
     def default_sam(self) -> str:
-        return self.sam_model or default_sam_name()
+        placement = self.placement()
+        return self.sam_model or default_sam_model(runs_on_gpu=placement is not None and runs_on_gpu(placement))
+
+    def default_precision(self) -> str:
+        """The image encoders' precision when a request names none: bf16 on a GPU, fp32 on the CPU."""
+        placement = self.placement()
+        return "fp32" if placement is None else default_precision(placement)
+
+    def precisions(self) -> list[str]:
+        """The precisions this device runs (the page offers these; the API refuses the others clearly)."""
+        placement = self.placement()
+        if placement is None or not runs_on_gpu(placement):
+            return ["fp32", "bf16"] if bf16_supported("cpu") else ["fp32"]
+        return list(PRECISIONS)
 
 
 class ModelStore:
@@ -72,20 +104,22 @@ class ModelStore:
         self.idle_trim = IdleTrim()  # handlers report finished model jobs; freed memory goes back when quiet
 
     # --- lifetime ------------------------------------------------------------
-    def start(self) -> None:
-        """Begin loading the defaults in the background; returns at once."""
-        self._future(("clip", self.config.clip_model))
-        if self.config.load_sam:
-            self._future(("sam", self.config.default_sam(), "fp32"))
-        self._executor.submit(self._warm_vocabulary)
+    def start(self, wait: bool = False, warm: bool = True) -> None:
+        """Begin loading the defaults in the background; returns at once, or once they are loaded with `wait`.
+        `warm`: also encode the background vocabulary now (not where models may only run inside GPU tasks)."""
+        for key in self._default_keys():
+            self._future(key)
+        warmed = self._executor.submit(self._warm_vocabulary, warm)
+        if wait:
+            warmed.result()
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self.idle_trim.cancel()
 
-    def _warm_vocabulary(self) -> None:
+    def _warm_vocabulary(self, warm: bool = True) -> None:
         future = self._futures.get(("clip", self.config.clip_model))
-        if future is not None and future.done() and future.exception() is None:
+        if warm and future is not None and future.done() and future.exception() is None:
             future.result().warm_vocabulary()
         release_freed_memory()  # what loading and the vocabulary batches freed
         text, ready = self.status()
@@ -101,7 +135,7 @@ class ModelStore:
     def _default_keys(self) -> list[tuple]:
         keys = [("clip", self.config.clip_model)]
         if self.config.load_sam:
-            keys.append(("sam", self.config.default_sam(), "fp32"))
+            keys.append(("sam", self.config.default_sam(), self.config.default_precision()))
         return keys
 
     # --- names to sources: the one place the app resolves a model name -------------
@@ -126,8 +160,9 @@ class ModelStore:
     # --- loading ---------------------------------------------------------------
     def _load(self, key: tuple):
         if key[0] == "clip":
-            return self._load_clip(self.clip_source(key[1]), text_cache_dir=self.config.text_cache_dir)
-        return self._load_sam(self.sam_source(key[1]), precision=key[2])
+            return self._load_clip(self.clip_source(key[1]), text_cache_dir=self.config.text_cache_dir,
+                                   device=self.config.device)
+        return self._load_sam(self.sam_source(key[1]), precision=key[2], device=self.config.device)
 
     def _future(self, key: tuple) -> Future:
         with self._lock:
@@ -171,7 +206,7 @@ class ModelStore:
         source = self.clip_source(name)
         return self._wait(("clip", name or self.config.clip_model), f"CLIP {source.display_name}", progress)
 
-    def sam(self, name: str | None = None, precision: str = "fp32",
+    def sam(self, name: str | None = None, precision: str | None = None,
             progress: Callable[[str], None] | None = None) -> SamSegmenter | None:
         """The segmenter, or None when SAM is switched off."""
         key = self.sam_key(name, precision)
@@ -179,9 +214,11 @@ class ModelStore:
             return None
         return self._wait(("sam", *key), f"SAM {key[0]}", progress)
 
-    def sam_key(self, name: str | None, precision: str = "fp32") -> tuple[str, str] | None:
-        """(SAM choice, precision) checked, or None when SAM is off: what a session keeps."""
+    def sam_key(self, name: str | None, precision: str | None = None) -> tuple[str, str] | None:
+        """(SAM choice, precision) checked, or None when SAM is off: what a session keeps.
+        A precision of None is the device's default."""
         name = name or self.config.default_sam()
+        precision = precision or self.config.default_precision()
         if name == SAM_OFF or not self.config.load_sam:
             return None
         self.sam_source(name)  # unknown names are refused here

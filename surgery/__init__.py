@@ -18,8 +18,10 @@ Layers (dependencies point down the list):
 - `surgery.hub`: named checkpoints, download and verification, safe reading;
 - `surgery.method`: the method on arrays (feature surgery, maps, threshold, points, labels, views).
 
-`surgery.loading` is the one path from a name or file to a loaded model. The method
-is described in docs/method.md.
+`surgery.loading` is the one path from a name or file to a loaded model; its `device`
+argument (`"auto"`, the default: CUDA when available, else the CPU; `"cpu"`; `"cuda[:N]"`)
+says where the model runs. `MapOptions(precision=...)` is `"fp32"` (exact) unless asked:
+`"bf16"` is the faster choice on a GPU. The method is described in docs/method.md.
 """
 
 from __future__ import annotations

@@ -37,7 +37,8 @@ def resolve_device(setting: str | torch.device | None = "auto") -> torch.device:
         raise InputError(f"Device must be {DEVICE_CHOICES}; got {str(setting)[:40]!r}.")
     if not cuda_available():
         raise InputError(f"Device {text} was asked for, but this machine has no usable CUDA GPU "
-                         "(torch.cuda.is_available() is False); use --device cpu or auto.")
+                         "(torch.cuda.is_available() is False); use device cpu or auto "
+                         "(--device, or DEVICE for the app).")
     index = int(match.group(1) or 0)
     count = torch.cuda.device_count()
     if index >= count:

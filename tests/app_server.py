@@ -81,4 +81,4 @@ def running_app(tmp_dir: Path, *args: str, env: dict | None = None, wait_ready: 
 
 
 def tiny_args(*extra: str) -> list[str]:
-    return ["--clip-checkpoint", str(TINY_CLIP), "--sam-checkpoint", str(TINY_SAM), *extra]
+    return ["--clip-checkpoint", str(TINY_CLIP), "--sam-checkpoint", str(TINY_SAM), "--device", "cpu", *extra]

@@ -36,7 +36,7 @@ def parity_maps() -> dict[str, np.ndarray]:
 def explainer():
     from surgery.loading import load_clip
 
-    return load_clip(checkpoint=TINY_CLIP, display_name="tiny")
+    return load_clip(checkpoint=TINY_CLIP, display_name="tiny", device="cpu")  # GPU runs: tests/test_gpu.py
 
 
 @pytest.fixture(scope="session")

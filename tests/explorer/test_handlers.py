@@ -29,7 +29,7 @@ ROCKET = Path(__file__).resolve().parents[2] / "assets" / "rocket.jpg"
 
 def make_store(tmp_path: Path, **overrides) -> ModelStore:
     config = dict(clip_model="ViT-B/16", clip_checkpoint=TINY_CLIP, sam_model="vit_b", sam_checkpoint=TINY_SAM,
-                  text_cache_dir=tmp_path / "text")
+                  text_cache_dir=tmp_path / "text", device="cpu")
     config.update(overrides)
     store = ModelStore(ModelConfig(**config))
     store.start()

@@ -412,7 +412,8 @@ BAD_OPTIONS = [
     ("resolution", "abc", r"whole number"), ("resolution", [1], r"whole number"),
     ("redundancy", "x", CHOICES), ("redundancy", ["vocab"], CHOICES),
     ("sam_choice", "vit_z", CHOICES), ("sam_choice", "s" * 10_000, CHOICES),
-    ("precision", "fp8", CHOICES), ("precision", 3, CHOICES),
+    ("precision", "fp8", CHOICES), ("precision", 3, CHOICES), ("precision", ["fp32"], CHOICES),
+    ("precision", "fp16", CHOICES),  # a GPU precision: the app under test runs on the CPU
     ("instances", "yes", FLAG), ("instances", 5, FLAG), ("positive_only", "yes", FLAG), ("positive_only", 5, FLAG),
     ("methods", ["dino"], CHOICES), ("methods", ["clip"] * 10_000, r"methods must be names"),
     ("methods", 5, r"methods must be a list"), ("methods", [""], CHOICES), ("methods", "clip, dino", r"unknown method"),
