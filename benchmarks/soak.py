@@ -62,20 +62,29 @@ def proc_status(pid: int) -> dict[str, int]:
     return values
 
 
-def open_fds(pid: int) -> tuple[int, int]:
-    """(all open file descriptors, those that are not sockets) of a process, from /proc/<pid>/fd.
-    Sockets come and go with the clients' connections; files and pipes are what a leak leaves."""
+def fd_targets(pid: int) -> list[str]:
+    """What each open file descriptor of a process points to (from /proc/<pid>/fd), sockets as "socket"."""
     try:
         names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return -1, -1
-    files = 0
+        return []
+    targets = []
     for name in names:
         try:
-            files += not os.readlink(f"/proc/{pid}/fd/{name}").startswith("socket:")
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
         except OSError:
-            pass
-    return len(names), files
+            continue
+        targets.append("socket" if target.startswith("socket:") else target.split("[")[0].rstrip(":"))
+    return targets
+
+
+def open_fds(pid: int) -> tuple[int, int]:
+    """(all open file descriptors, those that are not sockets) of a process, from /proc/<pid>/fd.
+    Sockets come and go with the clients' connections; files and pipes are what a leak leaves."""
+    targets = fd_targets(pid)
+    if not targets:
+        return -1, -1
+    return len(targets), sum(target != "socket" for target in targets)
 
 
 def disk_usage(folder: Path) -> tuple[int, int]:
@@ -201,6 +210,7 @@ def run_soak(args) -> dict:
                 "requests": done, "elapsed_s": round(time.monotonic() - started, 1),
                 "rss_mib": round(status["VmRSS"] / 1024, 1), "hwm_mib": round(status["VmHWM"] / 1024, 1),
                 "threads": status["Threads"], **dict(zip(("fds", "file_fds"), open_fds(pid))),
+                "fd_kinds": sorted(t for t in fd_targets(pid) if t != "socket"),
                 "served_files": sfiles, "served_mib": round(ssize / 2**20, 2),
                 "render_mib": round(largest_folder(served) / 2**20, 2),
                 "outputs_files": files, "outputs_mib": round(size / 2**20, 2),
@@ -279,6 +289,10 @@ def run_soak(args) -> dict:
         report["within_target"] = report["ratio"] <= TARGET_RATIO
         report["fds_first"], report["fds_last"] = first["fds"], last["fds"]
         report["file_fds_first"], report["file_fds_last"] = first["file_fds"], last["file_fds"]
+        gone, new = list(first["fd_kinds"]), []
+        for kind in last["fd_kinds"]:
+            (gone.remove if kind in gone else new.append)(kind)
+        report["fd_kinds_closed"], report["fd_kinds_opened"] = gone, new
     report["served_max_mib"] = max((row["served_mib"] for row in report["samples"]), default=None)
     # The sweep runs before each render is written, so the folder may pass the limit by the renders in
     # flight: at most one per client.
@@ -313,11 +327,15 @@ def print_table(report: dict, out) -> None:
         print(f"peak RSS {report['last_label']} / {report['first_label']} = {report['peak_last_mib']} / "
               f"{report['peak_first_mib']} MiB = {report['ratio']:.3f} (target <= {TARGET_RATIO:.2f}): {verdict} "
               f"(RSS {report['rss_first_mib']} -> {report['rss_last_mib']} MiB)", file=out)
-        verdict = "OK" if report["file_fds_first"] == report["file_fds_last"] else "DIFFERENT"
+        first, last = report["file_fds_first"], report["file_fds_last"]
+        verdict = "OK" if first == last else ("FEWER (nothing leaked)" if last < first else "MORE (a leak?)")
         print(f"open fds {report['last_label']} / {report['first_label']}: files and pipes "
               f"{report['file_fds_last']} / {report['file_fds_first']} (target equal): {verdict}; all, sockets "
               f"included (they follow the clients' open connections) {report['fds_last']} / {report['fds_first']}",
               file=out)
+        if report["fd_kinds_closed"] or report["fd_kinds_opened"]:
+            print(f"  open at {report['first_label']} only: {report['fd_kinds_closed'] or 'none'}; "
+                  f"at {report['last_label']} only: {report['fd_kinds_opened'] or 'none'}", file=out)
     else:
         print("ratio: not enough samples", file=out)
     if report.get("served_max_mib") is not None:
