@@ -1,0 +1,206 @@
+"""`python -m surgery calibrate FOLDER --labels "..." --out DIR`: the run over a folder, start to finish.
+
+Resolves the options once (`CalibrationSettings`, its hash), names every image's output folder up
+front (file-name order, as `explain` names them), skips folders already complete for this hash,
+explains the rest on the chosen runner with a progress bar, then writes DIR/summary.json and
+DIR/report.html from every complete folder. Exit codes as `explain`: 0, 2 when an image failed or an
+option/input is bad (one line, no traceback), 1 when weights cannot be obtained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..errors import InputError, UserError
+from .report import write_report
+from .settings import CalibrationSettings, checkpoint_digest, options_hash
+from .single import ImageJob, is_done, one_line
+from .summary import build_summary, read_image_values
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a whole number of at least 1")
+    return value
+
+
+def add_calibrate_arguments(calibrate: argparse.ArgumentParser) -> None:
+    """What `calibrate` takes besides the options shared with `explain` (`add_explain_options`)."""
+    calibrate.add_argument("folder", type=Path, help="the folder of images to calibrate on")
+    calibrate.add_argument("--format", choices=("files", "coco"), default="files",
+                           help="'coco' also writes each image's coco.json")
+    calibrate.add_argument("--out", type=Path, default=Path("out"),
+                           help="output folder: one folder per image, summary.json, report.html (default ./out)")
+    calibrate.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                           help="local processes, each loading the models once (default 1: this process); "
+                                "with --ray, the number of actors")
+    calibrate.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                           help="run on Ray Data (pip install .[ray]): a cluster's address, or none for "
+                                "$RAY_ADDRESS or a new local cluster; outputs must be on a filesystem every "
+                                "node sees")
+
+
+def folder_jobs(folder: Path) -> list[ImageJob]:
+    """The folder's images in file-name order, each with its output folder name (as `explain` names
+    them: the stem, `-2`, `-3`, ... for repeats), decided before any work so no runner changes it."""
+    from ..cli import IMAGE_SUFFIXES, _unique_stem, expand_images
+
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder; calibrate takes a folder of images.")
+    images = expand_images([str(folder)])
+    if not images:
+        raise InputError(f"No images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+    used: set[str] = set()
+    return [ImageJob(str(path), _unique_stem(path, used)) for path in images]
+
+
+def resolve_settings(args: argparse.Namespace, device: str, precision: str) -> CalibrationSettings:
+    """The run's settings: labels parsed, methods checked, checkpoints located (downloaded once, here,
+    before any worker starts) and digested."""
+    from ..clip.methods import check_methods
+    from ..hub.registry import default_sam_model
+    from ..hub.sources import resolve_clip, resolve_sam
+    from ..method.labels import parse_labels
+
+    parsed = parse_labels(args.labels)
+    methods, points_from = check_methods(args.methods, args.points_from)
+    clip_source = resolve_clip(args.model, args.clip_checkpoint)
+    clip_weights = checkpoint_digest(clip_source.weights_path())
+    sam_model = sam_checkpoint = sam_weights = None
+    if not args.no_sam:
+        sam_model = args.sam_model or default_sam_model(runs_on_gpu=device.startswith("cuda"))
+        sam_source = resolve_sam(sam_model, args.sam_checkpoint)
+        sam_weights = checkpoint_digest(sam_source.weights_path())
+        sam_checkpoint = None if args.sam_checkpoint is None else str(args.sam_checkpoint)
+    return CalibrationSettings(
+        labels=args.labels, label_texts=tuple(label.text for label in parsed.labels), model=args.model,
+        model_name=clip_source.display_name,
+        clip_checkpoint=None if args.clip_checkpoint is None else str(args.clip_checkpoint),
+        clip_weights=clip_weights, sam_model=sam_model, sam_checkpoint=sam_checkpoint, sam_weights=sam_weights,
+        resolution=args.resolution, redundancy=args.redundancy, methods=tuple(methods), points_from=points_from,
+        threshold=args.threshold, precision=precision, device=device, instances=args.instances,
+        positive_only=args.positive_only, max_side=args.max_side, coco=args.format == "coco")
+
+
+def _local_device(args: argparse.Namespace) -> tuple[str, str]:
+    from ..device import resolve_device
+    from ..precision import check_precision, default_precision
+
+    device = resolve_device(args.device)
+    return str(device), check_precision(args.precision or default_precision(device), device)
+
+
+def _ray_device(args: argparse.Namespace, plan) -> tuple[str, str]:
+    """The device and precision of the actors: the plan's device; bf16 on GPUs unless asked otherwise
+    (each actor checks its own GPU when it loads)."""
+    from ..precision import check_precision
+
+    if plan.device == "cuda":
+        return "cuda", args.precision or "bf16"
+    if str(args.device).strip().lower().startswith("cuda"):
+        raise InputError("--device cuda with --ray needs GPUs in the Ray cluster; it has none.")
+    return "cpu", check_precision(args.precision or "fp32", "cpu")
+
+
+_FLAT_LIST = re.compile(r"\[\s*((?:-?[0-9][-0-9.eE+]*|true|false|null)(?:,\s*(?:-?[0-9][-0-9.eE+]*|true|false|null))*)\s*\]")
+
+
+def write_json(path: Path, content: dict) -> None:
+    """Indented JSON with lists of plain values (counts, edges, found flags) kept on one line."""
+    text = json.dumps(content, indent=1, ensure_ascii=False)
+    text = _FLAT_LIST.sub(lambda match: "[" + ", ".join(v.strip() for v in match.group(1).split(",")) + "]", text)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """The whole command; raises `UserError` (one line) for bad options, input or a failed runner."""
+    from ..method.labels import parse_labels
+    from . import runners
+
+    for note in parse_labels(args.labels).notes:
+        print(f"note: {note}", file=sys.stderr)
+    jobs = folder_jobs(args.folder)
+    ray_connected = False
+    try:
+        if args.ray is not None:
+            ray, ray_connected = runners.connect_ray(args.ray)
+            plan = runners.plan_actors(ray.cluster_resources(), args.device, len(jobs), args.workers)
+            device, precision = _ray_device(args, plan)
+            runner, workers = "ray", plan.actors
+        else:
+            device, precision = _local_device(args)
+            workers = args.workers or 1
+            runner = "processes" if workers > 1 else "serial"
+        settings = resolve_settings(args, device, precision)
+        digest = options_hash(settings)
+        out: Path = args.out
+        out.mkdir(parents=True, exist_ok=True)
+        pending = [job for job in jobs if not is_done(out / job.stem, job, digest)]
+        skipped = len(jobs) - len(pending)
+        if skipped:
+            print(f"note: {skipped} of {len(jobs)} images already done with these options; skipped",
+                  file=sys.stderr)
+        if runner == "ray":
+            outcomes = runners.run_ray(pending, settings, out, digest, plan)
+        elif runner == "processes":
+            outcomes = runners.run_processes(pending, settings, out, digest, workers)
+        else:
+            outcomes = runners.run_serial(pending, settings, out, digest)
+        failed: dict[str, str] = {}
+        start = time.perf_counter()
+        with tqdm(total=len(jobs), initial=skipped, desc="calibrating", unit="image", file=sys.stderr,
+                  disable=None) as progress:
+            try:
+                for outcome in outcomes:
+                    if outcome.error is not None:
+                        failed[outcome.file] = outcome.error
+                        progress.write(f"error: {outcome.file}: {outcome.error}", file=sys.stderr)
+                    progress.update(1)
+            except Exception as exc:  # a bad option met by a worker, or a worker / the cluster failing
+                cause = getattr(exc, "cause", None)  # Ray wraps a worker's exception
+                if isinstance(cause, UserError):
+                    raise cause from None
+                if isinstance(exc, UserError):
+                    raise
+                raise UserError(f"the {runner} run failed: {one_line(exc)}") from None
+        seconds = time.perf_counter() - start
+    finally:
+        if ray_connected:
+            import ray
+
+            ray.shutdown()
+    complete = [job for job in jobs if job.file not in failed and is_done(out / job.stem, job, digest)]
+    complete_files = {job.file for job in complete}
+    for job in jobs:
+        if job.file not in failed and job.file not in complete_files:
+            failed[job.file] = "no outputs were written"
+    images, unreadable = read_image_values(complete, out, len(settings.label_texts))
+    failed.update(unreadable)
+    summary = build_summary(settings, len(jobs), images, failed, digest)
+    explained_now = len(pending) - len([job for job in pending if job.file in failed])
+    summary["timings"] = {
+        "runner": runner, "workers": workers, "explained_now": explained_now, "skipped": skipped,
+        "seconds": round(seconds, 3),
+        "images_per_minute": round(60 * explained_now / seconds, 2) if explained_now and seconds > 0 else None,
+    }
+    write_json(out / "summary.json", summary)
+    report = write_report(summary, out)
+    suggested = summary["suggested_threshold"]
+    print(f"summary: {out / 'summary.json'}")
+    print(f"report: {report}")
+    print("suggested threshold: " + ("none" if suggested is None else f"{suggested:.6g}"))
+    for record in summary["labels"]:
+        rate = record["found_rate"]
+        print(f"  {record['label']}: found in {record['found']} of {summary['explained']} images"
+              + ("" if rate is None else f" ({100 * rate:.0f} %)"))
+    if summary.get("suggested_threshold_note"):
+        print(f"note: {summary['suggested_threshold_note']}", file=sys.stderr)
+    return 2 if failed else 0

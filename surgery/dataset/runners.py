@@ -1,0 +1,193 @@
+"""Three ways to run `explain_one` over the jobs: in this process, in local processes, on Ray Data.
+
+Each runner yields one `ImageOutcome` per job, in completion order (the summary sorts them), and
+loads the models once per worker: once here (serial), once per process (`--workers N`, spawned, with
+torch's threads split between them), once per actor (`--ray`, an actor pool sized from the cluster's
+CPUs and GPUs). Images are read by path and outputs written by the workers themselves, so with Ray
+the output folder must be on a filesystem every node sees.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from ..errors import InputError
+from .settings import CalibrationSettings
+from .single import ImageJob, ImageOutcome, LoadedModels, explain_one, load_models
+
+RAY_MISSING = "Ray is not installed; install the extra with: pip install .[ray]  (or: pip install 'ray[data]')"
+# What one model copy (CLIP ViT-B/16 + SAM vit_b and their activations) needs, for sizing actor pools.
+ACTOR_MEMORY_BYTES = 2 * 1024 ** 3
+
+
+def run_serial(jobs: Sequence[ImageJob], settings: CalibrationSettings, out: Path, digest: str,
+               models: LoadedModels | None = None) -> Iterator[ImageOutcome]:
+    """Every job in this process, one after another, on `models` (loaded here when not given)."""
+    if not jobs:
+        return
+    models = models or load_models(settings)
+    for job in jobs:
+        yield explain_one(job, models, settings, out, digest)
+
+
+# --------------------------------------------------------------------------- local processes
+
+_WORKER_MODELS: LoadedModels | None = None
+
+
+def _start_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING)
+
+
+def _explain_in_worker(job: ImageJob, settings: CalibrationSettings, out: Path, digest: str) -> ImageOutcome:
+    """`explain_one` in a worker process; the models are loaded by its first job (a bad option raises
+    there and reaches the command, instead of killing the pool in an initializer)."""
+    global _WORKER_MODELS
+    if _WORKER_MODELS is None:
+        _WORKER_MODELS = load_models(settings)
+    return explain_one(job, _WORKER_MODELS, settings, out, digest)
+
+
+def threads_per_worker(workers: int, cpus: int | None = None) -> int:
+    """torch threads for each of `workers` processes sharing `cpus` cores (at least 1)."""
+    return max(1, (cpus or os.cpu_count() or 1) // workers)
+
+
+def run_processes(jobs: Sequence[ImageJob], settings: CalibrationSettings, out: Path, digest: str,
+                  workers: int) -> Iterator[ImageOutcome]:
+    """The jobs on `workers` spawned processes (never forked: torch's threads do not survive a fork),
+    at most two jobs queued per worker so memory stays flat over a long folder."""
+    if not jobs:
+        return
+    workers = max(1, min(workers, len(jobs)))
+    context = get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
+                             initargs=(threads_per_worker(workers),)) as pool:
+        pending = iter(jobs)
+        running = set()
+        try:
+            for job in pending:
+                running.add(pool.submit(_explain_in_worker, job, settings, out, digest))
+                if len(running) >= 2 * workers:
+                    break
+            while running:
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield future.result()
+                    following = next(pending, None)
+                    if following is not None:
+                        running.add(pool.submit(_explain_in_worker, following, settings, out, digest))
+        finally:
+            for future in running:
+                future.cancel()
+
+
+# --------------------------------------------------------------------------- Ray Data
+
+def import_ray():
+    """The `ray` module with Ray Data, or an `InputError` saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise InputError(RAY_MISSING) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class ActorPlan:
+    """How many actors, and what each one reserves."""
+
+    actors: int
+    cpus: float
+    gpus: float
+    device: str
+
+
+def plan_actors(resources: dict, device_setting: str, jobs: int, actors: int | None = None) -> ActorPlan:
+    """One model copy per actor: one actor per GPU where the cluster has GPUs (and the device is not
+    cpu), else one per CPU, as many as the cluster's memory holds (`ACTOR_MEMORY_BYTES` each); never
+    more than the jobs. `actors` overrides the count (`--workers` with `--ray`)."""
+    gpus = int(resources.get("GPU", 0))
+    use_gpu = gpus > 0 and not str(device_setting).startswith("cpu")
+    if use_gpu:
+        count = gpus
+    else:
+        cpus = int(resources.get("CPU", 1))
+        by_memory = int(resources.get("memory", ACTOR_MEMORY_BYTES) // ACTOR_MEMORY_BYTES)
+        count = max(1, min(cpus, by_memory))
+    count = max(1, min(actors or count, jobs))
+    if use_gpu:
+        return ActorPlan(count, 1.0, 1.0, "cuda")
+    cpus_each = max(1.0, float(int(resources.get("CPU", 1)) // count))
+    return ActorPlan(count, cpus_each, 0.0, "cpu")
+
+
+class _ExplainActor:
+    """A Ray Data actor: loads the models once, then explains one image path per row."""
+
+    def __init__(self, settings: CalibrationSettings, out: str, digest: str, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.settings, self.out, self.digest = settings, Path(out), digest
+        self.models = load_models(settings)
+
+    def __call__(self, batch: dict) -> dict:
+        outcomes = [explain_one(ImageJob(str(path), str(stem)), self.models, self.settings, self.out, self.digest)
+                    for path, stem in zip(batch["path"], batch["stem"])]
+        return {"file": [o.file for o in outcomes], "stem": [o.stem for o in outcomes],
+                "error": ["" if o.error is None else o.error for o in outcomes],
+                "seconds": [o.seconds for o in outcomes]}
+
+
+def connect_ray(address: str | None):
+    """`ray` connected to `address` ("auto", "ray://host:10001", ...; None: the RAY_ADDRESS cluster or a
+    new local one), with this package shipped to the job's workers (`py_modules`), so the cluster needs
+    only the dependencies. A connection this process already has is reused as it is (its job must
+    make `surgery` importable). Returns (ray, whether this call connected)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray, False
+    import surgery
+
+    try:
+        ray.init(address=address or None, logging_level=logging.ERROR, log_to_driver=False,
+                 configure_logging=False, runtime_env={"py_modules": [str(Path(surgery.__file__).parent)]})
+    except Exception as exc:  # noqa: BLE001 - unreachable address, no cluster at "auto", ...
+        where = f"at {address}" if address else "(local or $RAY_ADDRESS)"
+        detail = " ".join(str(exc).split())[:200]
+        raise InputError(f"Could not start or join a Ray cluster {where}: {detail}") from None
+    return ray, True
+
+
+def run_ray(jobs: Sequence[ImageJob], settings: CalibrationSettings, out: Path, digest: str,
+            plan: ActorPlan) -> Iterator[ImageOutcome]:
+    """The jobs on Ray Data (Ray must already be connected, see `connect_ray`): one row per image path,
+    `map_batches` over an actor pool as `plan` says (`plan_actors`). `settings.device` is the plan's
+    device."""
+    if not jobs:
+        return
+    import ray
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the command shows its own
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    rows = [{"path": job.path, "stem": job.stem} for job in jobs]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        _ExplainActor, batch_size=1, batch_format="numpy",
+        fn_constructor_kwargs={"settings": settings, "out": str(out), "digest": digest,
+                               "threads": max(1, int(plan.cpus))},
+        compute=ray.data.ActorPoolStrategy(size=plan.actors), num_cpus=plan.cpus, num_gpus=plan.gpus)
+    for row in dataset.iter_rows():
+        yield ImageOutcome(str(row["file"]), str(row["stem"]), str(row["error"]) or None, float(row["seconds"]))
