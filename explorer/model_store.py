@@ -263,7 +263,7 @@ class ModelStore:
                 lines.append(f"**{what}**: not available. {message}")
                 ready = False
             else:
-                lines.append(f"**{what}**: ready")
+                lines.append(f"**{what}**: ready on {self.config.placement() or self.config.device}")
         hint = tiny_checkpoints_hint()
         if hint and self._weights_missing():
             lines.append(f"To try the app without downloading weights (random tiny models: the maps mean nothing, "

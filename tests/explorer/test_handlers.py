@@ -222,7 +222,7 @@ def test_an_evicted_model_is_freed_and_sessions_ask_the_store_again(tmp_path, ca
         moved = result_of(handlers.rethreshold(state, 0))
         assert calls.count("SAM image encoder") == encodings + 1  # the reloaded SAM embeds the image again
         assert all(entry["mask_area"] is not None for entry in moved["labels"] if entry["found"])
-        assert f"**SAM {TINY_SAM.name}**: ready" in store.status()[0]
+        assert f"**SAM {TINY_SAM.name}**: ready on cpu" in store.status()[0]
     finally:
         store.close()
 
