@@ -57,6 +57,8 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if on_zero_gpu():
+        import spaces  # noqa: F401 - first: on ZeroGPU it patches torch's CUDA queries before anything asks them
     limit_malloc_arenas()  # before Gradio's threads: long runs otherwise keep growing (README, Limits)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)

@@ -48,9 +48,10 @@ def load_clip(source: ModelSource | str | None = None, checkpoint: str | Path | 
         path = source.weights_path()
         network = build_clip(load_state_dict(path))
         extra = {}
-    network = network.to(device)
-    return ClipExplainer(network, name=source.display_name, weights_id=file_sha256(path)[:16],
-                         text_cache_dir=text_cache_dir, **extra)
+    # Built on the CPU (the template prefixes are computed there), then placed.
+    explainer = ClipExplainer(network, name=source.display_name, weights_id=file_sha256(path)[:16],
+                              text_cache_dir=text_cache_dir, **extra)
+    return explainer.to(device)
 
 
 def load_segmenter(source: ModelSource | str | None = None, checkpoint: str | Path | None = None, *,

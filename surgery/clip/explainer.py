@@ -62,6 +62,20 @@ class ClipExplainer:
         self._prompts = {name: PrefixEncoder(model, t) for name, t in templates.items()}
         self.image_encodings = 0  # real forward passes, for tests and benchmarks
 
+    def to(self, device: torch.device | str) -> "ClipExplainer":
+        """Place the model and what is derived from it (template prefixes) on `device`; caches start empty.
+
+        `surgery.loading` builds an explainer on the CPU and then places it, so nothing runs on the
+        device before the request that needs it (ZeroGPU lends a GPU only inside its tasks).
+        """
+        self.model = self.model.to(device)
+        self.device = self.model.logit_scale.device
+        for prompts in self._prompts.values():
+            prompts.to(self.device)
+        self._image_cache.clear()
+        self._text_cache.clear()
+        return self
+
     # --- cached encoders -------------------------------------------------
     def image_tokens(self, image_rgb: np.ndarray, resolution: int,
                      surgery_depth: int = DEFAULT_SURGERY_DEPTH, precision: str = "fp32") -> ImageTokens:

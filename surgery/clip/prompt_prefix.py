@@ -49,6 +49,14 @@ class PrefixEncoder:
             self.values.append(_heads(v, attn.num_heads))
             x = block(x, attn_mask=mask)
 
+    def to(self, device: torch.device | str) -> "PrefixEncoder":
+        """The cached prefixes on `device` (the model must be moved there too)."""
+        self.device = torch.device(device)
+        self.lengths = self.lengths.to(device)
+        self.keys = [k.to(device) for k in self.keys]
+        self.values = [v.to(device) for v in self.values]
+        return self
+
     def _sequences(self, label: str) -> list[list[int]] | None:
         """Per template: label + tail + EOT ids, or None when that would not equal the plain tokenization."""
         label_ids = clip_bpe.encode(label)
