@@ -102,8 +102,8 @@ def _embed_seconds(sam_key, rgb) -> float:
     return 20 if sam_key and sam_key[0] == "vit_h" else 15
 
 
-def _decode_seconds(sam_key, embedding, points) -> float:
-    return 10
+def _decode_seconds(sam_key, embedding, prompts) -> float:
+    return 10 + 0.2 * len(prompts)
 
 
 def _pre_encode_seconds(backbone, resolution, precision, sam_key, rgb) -> float:
@@ -123,7 +123,7 @@ class ModelWork:
         # Wrapped once, at start-up: ZeroGPU registers its tasks before the app launches.
         self.maps = task(_maps_seconds, self._maps)
         self.embed = task(_embed_seconds, self._embed)
-        self.decode = task(_decode_seconds, self._decode)
+        self.decode = task(_decode_seconds, self._decode)  # every label's prompt in one task
         self.pre_encode = task(_pre_encode_seconds, self._pre_encode)
 
     def _maps(self, backbone: str | None, rgb: np.ndarray, labels: tuple[Label, ...],
@@ -134,8 +134,9 @@ class ModelWork:
         embedding = self.store.sam(*sam_key).embed(rgb)
         return embedding.to("cpu") if self.to_cpu else embedding
 
-    def _decode(self, sam_key: tuple[str, str], embedding: ImageEmbedding, points: np.ndarray) -> MaskPrediction:
-        return self.store.sam(*sam_key).predict(embedding, points)
+    def _decode(self, sam_key: tuple[str, str], embedding: ImageEmbedding,
+                prompts: list[np.ndarray]) -> list[MaskPrediction]:
+        return self.store.sam(*sam_key).predict_many(embedding, prompts)
 
     def _pre_encode(self, backbone: str | None, resolution: int, precision: str,
                     sam_key: tuple[str, str] | None, rgb: np.ndarray) -> None:
@@ -166,4 +167,7 @@ class GpuSegmenter:
         return self.work.embed(self.key, image_rgb)
 
     def predict(self, embedding: ImageEmbedding, points: np.ndarray) -> MaskPrediction:
-        return self.work.decode(self.key, embedding, points)
+        return self.work.decode(self.key, embedding, [points])[0]
+
+    def predict_many(self, embedding: ImageEmbedding, prompts: list[np.ndarray]) -> list[MaskPrediction]:
+        return self.work.decode(self.key, embedding, list(prompts)) if prompts else []

@@ -19,7 +19,7 @@ import numpy as np
 
 from surgery.method.results import MapsResult, MaskPrediction
 from surgery.method.threshold import otsu_threshold
-from surgery.method.views import Explanation, PointOptions, apply_threshold, decode_masks, with_choices
+from surgery.method.views import Explanation, PointOptions, apply_threshold, decode_masks, decode_prompts, with_choices
 from surgery.output.files import output_files, overlay_pngs, result_json
 from surgery.output.png import PngMemo
 from surgery.sam.segmenter import ImageEmbedding, SamSegmenter
@@ -109,6 +109,12 @@ def masks_for(state: SessionState, explanation: Explanation, segmenter: SamSegme
     if not state.embedding.key.startswith(segmenter.model_id + ":"):
         state.embedding = segmenter.embed(state.image_rgb)
         state.mask_cache = MaskCache(state.mask_cache.max_bytes)
+
+    # Every prompt not decoded before, in one call (one GPU task on ZeroGPU, not one per label).
+    missing = list({p.tobytes(): p for p in decode_prompts(explanation) if state.mask_cache.get(p.tobytes()) is None}
+                   .values())
+    for points, mask in zip(missing, segmenter.predict_many(state.embedding, missing) if missing else []):
+        state.mask_cache.put(points.tobytes(), mask)
 
     def predict(points: np.ndarray) -> MaskPrediction:
         key = points.tobytes()

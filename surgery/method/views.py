@@ -143,6 +143,15 @@ def apply_threshold(maps: MapsResult, threshold: float | None,
     return Explanation(maps, threshold, views, {**maps.timings, "points": time.perf_counter() - start}, options)
 
 
+def decode_prompts(explanation: Explanation) -> list[np.ndarray]:
+    """The point arrays `decode_masks` sends SAM, in its order: one per found label, or per instance."""
+    prompts = []
+    for view in explanation.labels:
+        if view.found:
+            prompts.extend(inst.points for inst in view.instances) if view.instances else prompts.append(view.points)
+    return prompts
+
+
 def decode_masks(explanation: Explanation, predict: Callable[[np.ndarray], MaskPrediction]) -> Explanation:
     """One SAM decoder call per found label, or per instance; an `a+b` label is one call with all its points."""
     start = time.perf_counter()

@@ -109,6 +109,10 @@ class SamSegmenter:
             key=key,
         )
 
+    def predict_many(self, embedding: ImageEmbedding, prompts: list[np.ndarray]) -> list[MaskPrediction]:
+        """`predict` for each prompt, in order (one call where each call has a fixed cost, e.g. a GPU task)."""
+        return [self.predict(embedding, points) for points in prompts]
+
     def predict(self, embedding: ImageEmbedding, points: np.ndarray) -> MaskPrediction:
         """SAM's three candidate masks for point prompts: rows of [x, y, label], label 1 = object, 0 = not."""
         if not embedding.key.startswith(self.model_id + ":"):

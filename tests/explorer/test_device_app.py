@@ -4,11 +4,14 @@ the way ZeroGPU runs them (a forked worker, arguments and results pickled, CPU d
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
 from gradio_client import Client, handle_file
@@ -88,11 +91,30 @@ class ForkedWorker:
         return decorate
 
 
-def test_model_tasks_give_the_same_results_across_a_forked_worker(tmp_path, monkeypatch):
+def _loaded_store(tmp_path: Path) -> ModelStore:
     config = ModelConfig(clip_checkpoint=TINY_CLIP, sam_model="vit_b", sam_checkpoint=TINY_SAM,
                          text_cache_dir=tmp_path / "text", device="cpu")
     store = ModelStore(config)
     store.start(wait=True)  # loaded before the worker is forked, as ZeroGPU wants
+    return store
+
+
+@pytest.fixture()
+def one_thread():
+    """This process on one intra-op thread too, so worker and in-process results are the same arithmetic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _forked_pool():
+    # One intra-op thread in the worker: OpenMP's pool does not survive a fork (as in DataLoader's workers).
+    return multiprocessing.get_context("fork").Pool(1, initializer=torch.set_num_threads, initargs=(1,))
+
+
+def test_model_tasks_give_the_same_results_across_a_forked_worker(tmp_path, monkeypatch, one_thread):
+    store = _loaded_store(tmp_path)
     local = ModelWork(store)
     worker = ForkedWorker()
     monkeypatch.setattr(gpu, "gpu_task", worker.gpu_task)
@@ -102,28 +124,65 @@ def test_model_tasks_give_the_same_results_across_a_forked_worker(tmp_path, monk
     labels = parse_labels("rocket, sky, rocket+smoke").labels
     options = MapOptions(resolution=224, methods=("clip", "surgery", "naclip"))
     key = ("vit_b", "fp32")
-    # One intra-op thread in the worker: OpenMP's pool does not survive a fork (as in DataLoader's workers).
-    worker.pool = multiprocessing.get_context("fork").Pool(1, initializer=torch.set_num_threads, initargs=(1,))
+    prompts = [np.array([[100, 80, 1], [300, 200, 0]]), np.array([[50, 50, 1]])]
+    worker.pool = _forked_pool()
     try:
         maps = remote.maps(None, rgb, labels, options)
         embedding = remote.embed(key, rgb)
-        points = np.array([[100, 80, 1], [300, 200, 0]])
-        mask = remote.decode(key, embedding, points)
+        masks = remote.decode(key, embedding, prompts)
         remote.pre_encode(None, 224, "fp32", key, rgb)
         with pytest.raises(InputError, match="Resolution 230 is not usable") as refused:  # the engine's own message
             remote.maps(None, rgb, labels, MapOptions(resolution=230))
-        worker_pid = worker.pool.apply(__import__("os").getpid)
+        worker_pid = worker.pool.apply(os.getpid)
     finally:
         worker.pool.terminate()
         store.close()
-    assert worker_pid != __import__("os").getpid()
+    assert worker_pid != os.getpid()
     assert isinstance(embedding, ImageEmbedding) and embedding.features.device.type == "cpu"
     expected = local.maps(None, rgb, labels, options)
     for a, b in zip(expected.labels, maps.labels):
         for method in options.methods:
             np.testing.assert_array_equal(a.method_maps[method], b.method_maps[method])
-    expected_mask = local.decode(key, local.embed(key, rgb), points)
-    np.testing.assert_array_equal(expected_mask.candidates, mask.candidates)
+    expected_masks = local.decode(key, local.embed(key, rgb), prompts)
+    assert len(masks) == 2
+    for a, b in zip(expected_masks, masks):
+        np.testing.assert_array_equal(a.candidates, b.candidates)
     assert "Traceback" not in str(refused.value)
     assert len(worker.durations) == 5 and all(0 < d for d in worker.durations)  # asked with the task's arguments
     assert worker.durations[0] > worker.durations[2]  # maps with NaCLIP ask for more than one decode
+
+
+def test_a_run_on_zerogpu_is_three_gpu_tasks_and_threshold_moves_use_none(tmp_path, monkeypatch, one_thread):
+    """The app's Run and threshold moves with every model call in a forked worker: the page's results equal
+    the in-process ones; a Run is one task each for the maps, SAM's encoder and all labels' decodes."""
+    from explorer.handlers import Handlers
+
+    def result(outputs) -> dict:
+        return json.loads(Path(dict(zip(Handlers.PAGE_OUTPUT_NAMES, outputs))["result_json"]).read_text())
+
+    store = _loaded_store(tmp_path)
+    upload = PIL.Image.open(ROCKET)
+    request = (upload, "rocket, smoke, sky+cloud", 0.0, None, 224, "vocab", "vit_b", "fp32")
+    plain = Handlers(store, tmp_path / "plain")
+    expected_run = list(plain.run(*request))[-1]
+    expected_moved = result(plain.rethreshold(expected_run[-1], 0.02))
+    worker = ForkedWorker()
+    monkeypatch.setattr(gpu, "gpu_task", worker.gpu_task)
+    monkeypatch.setattr(gpu, "on_zero_gpu", lambda: True)
+    handlers = Handlers(store, tmp_path / "zero")
+    worker.pool = _forked_pool()
+    try:
+        run = list(handlers.run(*request))[-1]
+        tasks_for_run = len(worker.durations)
+        moved = result(handlers.rethreshold(run[-1], 0.02))
+        tasks_for_move = len(worker.durations) - tasks_for_run
+        same = result(handlers.rethreshold(run[-1], 0.02))
+        tasks_for_same = len(worker.durations) - tasks_for_run - tasks_for_move
+    finally:
+        worker.pool.terminate()
+        store.close()
+    assert result(run[:-1]) == result(expected_run[:-1])
+    assert moved == expected_moved
+    assert tasks_for_run == 3  # maps, SAM image encoder, every found label's decode together
+    assert tasks_for_move <= 1 and tasks_for_same == 0  # new points: one decode task; same points: none
+    assert run[-1].embedding.features.device.type == "cpu"
