@@ -115,6 +115,7 @@ def result_json(explanation: Explanation, *, model: str, sam_model: str | None,
         "model": model,
         "sam_model": sam_model,
         "resolution": maps.options.resolution,
+        "precision": maps.options.precision,  # the image encoders' (bf16 is the GPU default)
         "redundancy": maps.options.redundancy,
         "methods": list(maps.options.methods),
         "points_from": maps.options.points_from,

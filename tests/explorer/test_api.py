@@ -58,6 +58,7 @@ def test_api_threshold_and_advanced_options(app):
     outputs = explain(app, threshold=1.0, resolution=224, redundancy="empty", sam_choice="off")
     result = outputs[0]
     assert result["resolution"] == 224 and result["redundancy"] == "empty" and result["sam_model"] is None
+    assert result["precision"] == "fp32"  # the device's default (the test app runs on the CPU)
     assert all(not entry["found"] and entry["points"] == [] for entry in result["labels"])
 
 
