@@ -368,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
         folder = CACHE_DIR / "runs" / time.strftime("%Y%m%d-%H%M%S")  # worker results survive a failed mode
         folder.mkdir(parents=True, exist_ok=True)
     args.baseline_reps = max(1, min(args.baseline_reps, args.reps))
+    if args.device != "cpu" and not args.skip_baseline:
+        print("note: the baseline is a CPU implementation; with --device it is skipped", flush=True)
+        args.skip_baseline = True
     plan_path = folder / "plan.json"
     plan_path.write_text(json.dumps(make_plan(args.reps, args.seed)))
     started = time.perf_counter()

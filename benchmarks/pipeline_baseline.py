@@ -140,11 +140,11 @@ class StockSegmenter(SamSegmenter):
 def baseline_loaders(text_sample: int = 0):
     """`ModelStore` loaders that load through `surgery.loading` and hand out the baseline models."""
 
-    def clip(source: ModelSource, text_cache_dir: Path | None = None) -> BaselineExplainer:
-        return BaselineExplainer.from_loaded(load_clip(source), text_sample)  # no disk cache either
+    def clip(source: ModelSource, text_cache_dir: Path | None = None, device: str = "cpu") -> BaselineExplainer:
+        return BaselineExplainer.from_loaded(load_clip(source, device=device), text_sample)  # no disk cache either
 
-    def sam(source: ModelSource, precision: str = "fp32") -> StockSegmenter:
-        return StockSegmenter.from_loaded(load_segmenter(source, precision=precision))
+    def sam(source: ModelSource, precision: str = "fp32", device: str = "cpu") -> StockSegmenter:
+        return StockSegmenter.from_loaded(load_segmenter(source, precision=precision, device=device))
 
     return clip, sam
 
