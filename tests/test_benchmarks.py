@@ -1,0 +1,36 @@
+"""The benchmarks still run: each one's smoke mode on the tiny checkpoints (their figures mean nothing here;
+what is checked is that the code paths they drive exist and agree with the app's and the engine's)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run(*args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_pipeline_benchmark_smoke_run_passes_its_checks():
+    done = _run("benchmarks/bench_pipeline.py", "--smoke")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "smoke checks passed" in done.stdout
+
+
+def test_calibrate_benchmark_smoke_run_completes():
+    done = _run("benchmarks/bench_calibrate.py", "--smoke", "--skip-ray")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "serial" in done.stdout and "workers" in done.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the GPU benchmark really runs (minutes)")
+def test_gpu_benchmark_says_it_needs_cuda():
+    done = _run("benchmarks/bench_gpu.py", timeout=120)
+    assert done.returncode == 2 and done.stdout.strip() == (
+        "error: no CUDA GPU here; this benchmark needs one (bench_pipeline.py measures the CPU)")
