@@ -19,14 +19,14 @@ from .clip.vit import MIN_RESOLUTION, check_resolution
 from .device import DEVICE_CHOICES, resolve_device
 from .errors import InputError, UserError, WeightsUnavailable
 from .hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
-from .images import WORK_MAX_SIDE, fit_long_side, load_image
+from .images import WORK_MAX_SIDE
 from .memory import release_freed_memory
 from .method.feature_surgery import REDUNDANCY_MODES
 from .method.labels import parse_labels
 from .method.results import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, MapOptions
 from .method.threshold import THRESHOLD_RULE, check_threshold
 from .method.views import PointOptions
-from .output.files import output_files, result_json, write_outputs
+from .output.files import write_outputs
 from .precision import PRECISIONS, check_precision, default_precision
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -137,7 +137,7 @@ def image_report(path: Path, directory: Path, explanation) -> str:
 def run_explain(args: argparse.Namespace) -> int:
     from .clip.text_store import default_text_cache_dir
     from .loading import load_clip, load_segmenter
-    from .pipeline import explain_image
+    from .pipeline import explain_file
 
     parsed = parse_labels(args.labels)
     for note in parsed.notes:
@@ -155,30 +155,22 @@ def run_explain(args: argparse.Namespace) -> int:
     check_methods(methods, points_from, explainer.is_resnet)
     segmenter = None if args.no_sam else load_segmenter(args.sam_model, args.sam_checkpoint, precision=precision,
                                                         device=device)
-    sam_name = None if segmenter is None else segmenter.name
     failures = 0
     used: set[str] = set()
     for path in tqdm(images, desc="explaining", unit="image", disable=len(images) < 2):
         try:
-            working = fit_long_side(load_image(path, name=path.name), args.max_side)
-            image = working.rgb
-            explanation = explain_image(explainer, segmenter, image, parsed.labels, options, args.threshold,
-                                        PointOptions(args.instances, args.positive_only))
+            done = explain_file(path, explainer, segmenter, parsed.labels, options, args.threshold,
+                                PointOptions(args.instances, args.positive_only), label_notes=parsed.notes,
+                                max_side=args.max_side, coco=args.format == "coco")
         except InputError as exc:
             failures += 1
             tqdm.write(f"error: {exc}", file=sys.stderr)
             continue
-        notes = tuple(parsed.notes)
-        if working.note:
-            notes += (working.note,)
-            tqdm.write(f"note: {path.name}: {working.note}", file=sys.stderr)
-        result = result_json(explanation, model=explainer.name, sam_model=sam_name, notes=notes,
-                             source_size=working.source_size)
-        files = output_files(image, explanation, result, with_masks=segmenter is not None,
-                             coco_file_name=path.name if args.format == "coco" else None)
+        if done.working.note:
+            tqdm.write(f"note: {path.name}: {done.working.note}", file=sys.stderr)
         directory = args.out / _unique_stem(path, used)
-        write_outputs(directory, files)
-        tqdm.write(image_report(path, directory, explanation))
+        write_outputs(directory, done.files)
+        tqdm.write(image_report(path, directory, done.explanation))
         release_freed_memory()  # each image's encoder buffers, before the next image's
     return 2 if failures else 0
 

@@ -1,20 +1,24 @@
 """One image, start to finish: maps, threshold, points and (optionally) SAM masks.
 
-The CLI and notebooks use this; the app runs the same steps one at a time so it
-can show the heatmaps before SAM is done.
+The CLI (`explain` and `calibrate`) and notebooks use this; the app runs the same
+steps one at a time so it can show the heatmaps before SAM is done.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from .clip.explainer import ClipExplainer
+from .images import WORK_MAX_SIDE, WorkingImage, fit_long_side, load_image
 from .method.labels import Label
 from .method.results import MapOptions
 from .method.views import Explanation, PointOptions, apply_threshold, decode_masks
+from .output.files import output_files, result_json
 from .sam.segmenter import SamSegmenter
 
 
@@ -36,3 +40,31 @@ def add_masks(explanation: Explanation, segmenter: SamSegmenter, image_rgb: np.n
     embedding = segmenter.embed(image_rgb)
     explanation.timings["sam_image"] = time.perf_counter() - start
     return decode_masks(explanation, lambda points: segmenter.predict(embedding, points))
+
+
+@dataclass(frozen=True)
+class ExplainedFile:
+    """One image file explained: the view, the pixels worked on, result.json's content and every output file."""
+
+    explanation: Explanation
+    working: WorkingImage
+    result: dict
+    files: dict[str, bytes]  # name -> bytes, as `surgery.output.files.write_outputs` takes them
+
+
+def explain_file(path: Path, explainer: ClipExplainer, segmenter: SamSegmenter | None, labels: Sequence[Label],
+                 options: MapOptions = MapOptions(), threshold: float | None = None,
+                 point_options: PointOptions = PointOptions(), *, label_notes: Sequence[str] = (),
+                 max_side: int = WORK_MAX_SIDE, coco: bool = False) -> ExplainedFile:
+    """What `python -m surgery explain` makes of one image file, not yet written: the file decoded
+    (`InputError` when it cannot be), scaled to `max_side`, explained, and its output files, with
+    `label_notes` and any scaling note in result.json (and coco.json with `coco`)."""
+    path = Path(path)
+    working = fit_long_side(load_image(path, name=path.name), max_side)
+    explanation = explain_image(explainer, segmenter, working.rgb, labels, options, threshold, point_options)
+    notes = tuple(label_notes) + ((working.note,) if working.note else ())
+    result = result_json(explanation, model=explainer.name, sam_model=None if segmenter is None else segmenter.name,
+                         notes=notes, source_size=working.source_size)
+    files = output_files(working.rgb, explanation, result, with_masks=segmenter is not None,
+                         coco_file_name=path.name if coco else None)
+    return ExplainedFile(explanation, working, result, files)

@@ -143,34 +143,28 @@ def explain_one(job: ImageJob, models: LoadedModels, settings: CalibrationSettin
                 digest: str) -> ImageOutcome:
     """Explain one image as `explain` does and write its folder `out / job.stem`, its raw point values and,
     last, its marker with `digest` (the options hash). Never raises for a bad image: returns the reason."""
-    from ..images import fit_long_side, load_image
     from ..memory import release_freed_memory
-    from ..output.files import output_files, result_json, write_outputs
-    from ..pipeline import explain_image
+    from ..output.files import write_outputs
+    from ..pipeline import explain_file
 
     start = time.perf_counter()
     path = Path(job.path)
     source = source_identity(path)  # before reading: a file changed meanwhile is redone next time
     try:
-        working = fit_long_side(load_image(path, name=path.name), settings.max_side)
-        explanation = explain_image(models.explainer, models.segmenter, working.rgb, models.labels,
-                                    settings.map_options, settings.threshold, settings.point_options)
-        notes = tuple(parse_labels(settings.labels).notes) + ((working.note,) if working.note else ())
-        result = result_json(explanation, model=models.explainer.name,
-                             sam_model=None if models.segmenter is None else models.segmenter.name,
-                             notes=notes, source_size=working.source_size)
-        files = output_files(working.rgb, explanation, result, with_masks=models.segmenter is not None,
-                             coco_file_name=path.name if settings.coco else None)
+        done = explain_file(path, models.explainer, models.segmenter, models.labels, settings.map_options,
+                            settings.threshold, settings.point_options,
+                            label_notes=parse_labels(settings.labels).notes, max_side=settings.max_side,
+                            coco=settings.coco)
         directory = Path(out) / job.stem
         if directory.is_dir():
             _clear_previous(directory)
-        write_outputs(directory, files)
+        write_outputs(directory, done.files)
         raw = {f"label_{k}": np.asarray(view.maps.point_parts, dtype=np.float32)
-               for k, view in enumerate(explanation.labels)}
+               for k, view in enumerate(done.explanation.labels)}
         np.savez_compressed(directory / RAW_VALUES, **raw)
         seconds = time.perf_counter() - start
-        _write_marker(directory, {"options_hash": digest, "file": path.name, "source": source, "width": result["width"],
-                                  "height": result["height"], "labels": list(settings.label_texts),
+        _write_marker(directory, {"options_hash": digest, "file": path.name, "source": source, "width": done.result["width"],
+                                  "height": done.result["height"], "labels": list(settings.label_texts),
                                   "seconds": round(seconds, 3)})
     except InputError as exc:
         return ImageOutcome(path.name, job.stem, one_line(exc), time.perf_counter() - start)
