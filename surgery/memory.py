@@ -16,19 +16,19 @@ import threading
 from typing import Callable
 
 
-@functools.lru_cache(maxsize=1)
-def _malloc_trim():
-    """libc's malloc_trim, or None where the C library has none (musl, macOS, Windows)."""
-    name = ctypes.util.find_library("c")
+@functools.lru_cache(maxsize=None)
+def _libc_function(name: str):
+    """A glibc function by name, or None where the C library has none (musl, macOS, Windows)."""
+    library = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
+        return getattr(ctypes.CDLL(library), name) if library else None
     except (OSError, AttributeError):
         return None
 
 
 def release_freed_memory() -> bool:
     """Return the allocator's free pages to the OS; True where that was possible."""
-    trim = _malloc_trim()
+    trim = _libc_function("malloc_trim")
     if trim is None:
         return False
     trim(0)
@@ -75,9 +75,5 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     run held more memory per request the longer it ran. Fewer arenas keep freed memory reusable
     by every thread. True where the C library has `mallopt` and took the value.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt and mallopt(M_ARENA_MAX, arenas) == 1)
+    mallopt = _libc_function("mallopt")
+    return mallopt is not None and mallopt(M_ARENA_MAX, arenas) == 1
