@@ -29,7 +29,7 @@ from surgery.hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, OPENCLIP_SUGGES
 from surgery.hub.sources import ModelSource, is_known_clip, resolve_clip, resolve_sam
 from surgery.loading import load_clip, load_segmenter
 from surgery.memory import IdleTrim, release_freed_memory
-from surgery.precision import PRECISIONS, bf16_supported, default_precision
+from surgery.precision import PRECISIONS, default_precision, precisions_for
 from surgery.sam.segmenter import SamSegmenter
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,7 @@ class ModelConfig:
 
     def precisions(self) -> list[str]:
         """The precisions this device runs (the page offers these; the API refuses the others clearly)."""
-        placement = self.placement()
-        if placement is None or not runs_on_gpu(placement):
-            return ["fp32", "bf16"] if bf16_supported("cpu") else ["fp32"]
-        return list(PRECISIONS)
+        return precisions_for(self.placement() or "cpu")
 
 
 class ModelStore:

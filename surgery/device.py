@@ -59,5 +59,5 @@ def exact_float32_on_cuda() -> None:
     torch.set_float32_matmul_precision("highest")
 
 
-def runs_on_gpu(device: torch.device) -> bool:
+def runs_on_gpu(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda"

@@ -12,6 +12,7 @@ import contextlib
 
 import torch
 
+from .device import runs_on_gpu
 from .errors import InputError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -20,7 +21,7 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 def default_precision(device: torch.device | str) -> str:
     """bf16 for the image encoders on a GPU that runs it natively, else fp32."""
-    return "bf16" if torch.device(device).type == "cuda" and bf16_supported(device) else "fp32"
+    return "bf16" if runs_on_gpu(device) and bf16_supported(device) else "fp32"
 
 
 def bf16_supported(device: torch.device | str) -> bool:
@@ -38,16 +39,28 @@ def bf16_supported(device: torch.device | str) -> bool:
     return False
 
 
+def _unusable(precision: str, device: torch.device | str) -> str | None:
+    """Why `device` cannot run `precision` natively, or None when it can."""
+    if precision not in PRECISIONS:
+        return f"Precision must be one of {', '.join(PRECISIONS)}; got {str(precision)[:40]!r} (unknown precision)."
+    if precision == "bf16" and not bf16_supported(device):
+        return f"bf16 is not supported on this {'GPU' if runs_on_gpu(device) else 'CPU'}; use fp32."
+    if precision == "fp16" and not runs_on_gpu(device):
+        return "fp16 runs on a GPU only; use fp32 (or bf16 where the CPU supports it)."
+    return None
+
+
 def check_precision(precision: str, device: torch.device | str = "cpu") -> str:
     """`precision` when it is a known choice that `device` runs natively; else an `InputError`."""
-    if precision not in PRECISIONS:
-        raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}; got {str(precision)[:40]!r} (unknown precision).")
-    on_gpu = torch.device(device).type == "cuda"
-    if precision == "bf16" and not bf16_supported(device):
-        raise InputError(f"bf16 is not supported on this {'GPU' if on_gpu else 'CPU'}; use fp32.")
-    if precision == "fp16" and not on_gpu:
-        raise InputError("fp16 runs on a GPU only; use fp32 (or bf16 where the CPU supports it).")
+    problem = _unusable(precision, device)
+    if problem:
+        raise InputError(problem)
     return precision
+
+
+def precisions_for(device: torch.device | str) -> list[str]:
+    """The precisions `device` runs natively (what `check_precision` accepts there), fp32 first."""
+    return [precision for precision in PRECISIONS if _unusable(precision, device) is None]
 
 
 def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
