@@ -138,15 +138,17 @@ class Handlers:
 
     def _checked_request(self, image, labels_text, threshold, redundancy, sam_choice, precision,
                          methods=None, points_from=None):
-        """Everything about a request that can be refused without a model."""
+        """Everything about a request that can be refused without a model; the precision comes back resolved
+        (the device's default where the request names none)."""
         if image is None:
             raise UserError("Upload an image first (or pick an example below).")
         parsed = parse_labels(labels_text)
         threshold_value = check_threshold(threshold)
         if redundancy not in REDUNDANCY_MODES:
             raise InputError(f"Redundancy must be one of {', '.join(REDUNDANCY_MODES)}.")
-        sam_key = self.store.sam_key(sam_choice, self._precision(precision))
-        return parsed, threshold_value, sam_key, check_methods(methods, points_from)
+        precision = self._precision(precision)
+        sam_key = self.store.sam_key(sam_choice, precision)
+        return parsed, threshold_value, sam_key, check_methods(methods, points_from), precision
 
     def _maps(self, image, parsed, backbone, resolution, redundancy, precision, methods, progress=None):
         working = image_array(image)
@@ -154,7 +156,7 @@ class Handlers:
         size, note = check_resolution_choice(resolution, explainer.patch_size)
         chosen, points_from = methods
         maps = self.work.maps(backbone, working.rgb, parsed.labels,
-                              MapOptions(resolution=size, redundancy=redundancy, precision=self._precision(precision),
+                              MapOptions(resolution=size, redundancy=redundancy, precision=precision,
                                          methods=chosen, points_from=points_from))
         notes = tuple(parsed.notes) + tuple(n for n in (working.note, note) if n)
         return working, explainer, maps, notes
@@ -203,7 +205,7 @@ class Handlers:
             instances=False, positive_only=False, methods=None, points_from=None, progress=gr.Progress()):
         """Run: the page's outputs and the session state, heatmaps first (yielded while SAM works), then
         the masks."""
-        parsed, threshold_value, sam_key, chosen = self._checked_request(
+        parsed, threshold_value, sam_key, chosen, precision = self._checked_request(
             image, labels_text, threshold, redundancy, sam_choice, precision, methods, points_from)
         progress(0.05, desc="Maps…")
         working, explainer, maps, notes = self._maps(image, parsed, backbone, resolution, redundancy, precision,
@@ -253,7 +255,7 @@ class Handlers:
             images: (image file, caption) pairs of the overlays, empty unless include_files.
         """
         _check_flags(instances=instances, positive_only=positive_only, include_files=include_files)
-        parsed, threshold_value, sam_key, chosen = self._checked_request(
+        parsed, threshold_value, sam_key, chosen, precision = self._checked_request(
             image, labels_text, threshold, redundancy, sam_choice, precision, methods, points_from)
         working, explainer, maps, notes = self._maps(image, parsed, backbone, resolution, redundancy, precision,
                                                      chosen)

@@ -113,7 +113,7 @@ def masks_for(state: SessionState, explanation: Explanation, segmenter: SamSegme
     # Every prompt not decoded before, in one call (one GPU task on ZeroGPU, not one per label).
     missing = list({p.tobytes(): p for p in decode_prompts(explanation) if state.mask_cache.get(p.tobytes()) is None}
                    .values())
-    for points, mask in zip(missing, segmenter.predict_many(state.embedding, missing) if missing else []):
+    for points, mask in zip(missing, segmenter.predict_many(state.embedding, missing)):
         state.mask_cache.put(points.tobytes(), mask)
 
     def predict(points: np.ndarray) -> MaskPrediction:

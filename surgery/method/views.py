@@ -147,8 +147,10 @@ def decode_prompts(explanation: Explanation) -> list[np.ndarray]:
     """The point arrays `decode_masks` sends SAM, in its order: one per found label, or per instance."""
     prompts = []
     for view in explanation.labels:
-        if view.found:
-            prompts.extend(inst.points for inst in view.instances) if view.instances else prompts.append(view.points)
+        if view.found and view.instances:
+            prompts.extend(inst.points for inst in view.instances)
+        elif view.found:
+            prompts.append(view.points)
     return prompts
 
 
