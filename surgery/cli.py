@@ -19,7 +19,7 @@ from .clip.vit import MIN_RESOLUTION, check_resolution
 from .device import DEVICE_CHOICES, resolve_device
 from .errors import InputError, UserError, WeightsUnavailable
 from .hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
-from .images import WORK_MAX_SIDE
+from .images import WORK_MAX_SIDE, expand_images, unique_stem
 from .memory import release_freed_memory
 from .method.feature_surgery import REDUNDANCY_MODES
 from .method.labels import parse_labels
@@ -28,9 +28,6 @@ from .method.threshold import THRESHOLD_RULE, check_threshold
 from .method.views import PointOptions
 from .output.files import write_outputs
 from .precision import PRECISIONS, check_precision, default_precision
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-
 
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse prints usage + message; we print one line
@@ -106,26 +103,6 @@ def add_explain_options(explain: argparse.ArgumentParser) -> None:
                               f"(default {WORK_MAX_SIDE}; 0 keeps the original size)")
 
 
-def expand_images(paths: list[str]) -> list[Path]:
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            found.append(path)
-    return found
-
-
-def _unique_stem(path: Path, used: set[str]) -> str:
-    stem, n = path.stem or "image", 2
-    candidate = stem
-    while candidate in used:
-        candidate, n = f"{stem}-{n}", n + 1
-    used.add(candidate)
-    return candidate
-
-
 def image_report(path: Path, directory: Path, explanation) -> str:
     """One stdout line per explained image: where its files went and what was found."""
     found = [view.text for view in explanation.labels if view.found]
@@ -168,7 +145,7 @@ def run_explain(args: argparse.Namespace) -> int:
             continue
         if done.working.note:
             tqdm.write(f"note: {path.name}: {done.working.note}", file=sys.stderr)
-        directory = args.out / _unique_stem(path, used)
+        directory = args.out / unique_stem(path, used)
         write_outputs(directory, done.files)
         tqdm.write(image_report(path, directory, done.explanation))
         release_freed_memory()  # each image's encoder buffers, before the next image's

@@ -11,6 +11,7 @@ import io
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -123,3 +124,29 @@ def fit_long_side(image_rgb: np.ndarray, max_side: int = WORK_MAX_SIDE) -> Worki
             "are in these pixels; source_width/source_height in result.json give the original size, "
             "and coco.json's masks are at the original size.")
     return WorkingImage(scaled, (height, width), note)
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+
+
+def expand_images(paths: list[str]) -> list[Path]:
+    """The image files a command was given: files as they are, folders as their image files (by suffix,
+    sorted by name, not recursing)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(path)
+    return found
+
+
+def unique_stem(path: Path, used: set[str]) -> str:
+    """An output folder name for `path` not in `used` (the stem, then stem-2, stem-3, ...), added to `used`."""
+    stem, n = path.stem or "image", 2
+    candidate = stem
+    while candidate in used:
+        candidate, n = f"{stem}-{n}", n + 1
+    used.add(candidate)
+    return candidate

@@ -51,7 +51,7 @@ def add_calibrate_arguments(calibrate: argparse.ArgumentParser) -> None:
 def folder_jobs(folder: Path) -> list[ImageJob]:
     """The folder's images in file-name order, each with its output folder name (as `explain` names
     them: the stem, `-2`, `-3`, ... for repeats), decided before any work so no runner changes it."""
-    from ..cli import IMAGE_SUFFIXES, _unique_stem, expand_images
+    from ..images import IMAGE_SUFFIXES, expand_images, unique_stem
 
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder; calibrate takes a folder of images.")
@@ -59,7 +59,7 @@ def folder_jobs(folder: Path) -> list[ImageJob]:
     if not images:
         raise InputError(f"No images in {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
     used: set[str] = set()
-    return [ImageJob(str(path), _unique_stem(path, used)) for path in images]
+    return [ImageJob(str(path), unique_stem(path, used)) for path in images]
 
 
 def resolve_settings(args: argparse.Namespace, device: str, precision: str) -> CalibrationSettings:
