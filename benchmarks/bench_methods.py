@@ -43,11 +43,11 @@ def main() -> None:
     import torch
 
     from pipeline_instrumentation import clip_checkpoint, make_image
-    from surgery.clip.methods import IMAGENET_TEMPLATES, SURGERY_TEMPLATES
+    from surgery.method.table import IMAGENET_TEMPLATES, SURGERY_TEMPLATES
     from surgery.images import load_image
     from surgery.loading import load_clip
     from surgery.method.labels import parse_labels
-    from surgery.method.results import MapOptions
+    from surgery.method.options import MapOptions
 
     torch.set_num_threads(args.threads)
     reps = 1 if args.smoke else args.reps

@@ -46,7 +46,7 @@ from surgery.clip.vit import ImageTokens, _patch_embeddings, _project, encode_im
 from surgery.hub.sources import ModelSource
 from surgery.loading import load_clip, load_segmenter
 from surgery.method.prompts import background_vocabulary, prompt_templates, tokenize
-from surgery.method.results import DEFAULT_SURGERY_DEPTH
+from surgery.method.options import DEFAULT_SURGERY_DEPTH
 from surgery.precision import autocast
 from surgery.sam.fast_encoder import uninstall_fast_attention
 from surgery.sam.segmenter import ImageEmbedding, SamSegmenter

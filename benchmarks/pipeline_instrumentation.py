@@ -152,7 +152,7 @@ def thresholds_for(state: Any, count: int) -> list[float]:
     import numpy as np
 
     quantiles = np.linspace(0.995, 0.97, count)
-    return [float(min(np.quantile(lm.surgery_parts, q) for lm in state.maps.labels)) for q in quantiles]
+    return [float(min(np.quantile(lm.parts["surgery"], q) for lm in state.maps.labels)) for q in quantiles]
 
 
 # ----------------------------------------------------------------------------- memory

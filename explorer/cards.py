@@ -10,18 +10,16 @@ mode. Every text that comes from a person (labels, file names) is escaped: it sh
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 
-from surgery.method.results import METHOD_TITLES
+from surgery.method.table import METHOD_TABLE, method_title
 from surgery.method.views import Explanation, LabelView
 from surgery.output.files import label_slug, map_overlay_name
-
-HISTOGRAM_BINS = 40
-SVG_WIDTH, SVG_HEIGHT = 320, 170
+from surgery.output.histogram import format_value, histogram_of
+from surgery.output.histogram import histogram_svg as draw_histogram_svg
 
 CSS = """
 .label-cards { display: grid; gap: 14px; }
@@ -43,14 +41,7 @@ CSS = """
 .card-histogram svg { width: 100%; height: auto; display: block; }
 .card-histogram details { font-size: 0.85rem; margin-top: 4px; }
 .card-histogram details svg { margin-top: 4px; }
-.card-histogram .bar { fill: var(--neutral-400); }
-.card-histogram .bar.evidence { fill: #d55e00; }
-.card-histogram .axis, .card-histogram .tick { stroke: var(--body-text-color); }
-.card-histogram text { fill: var(--body-text-color); font-size: 12.5px; font-family: var(--font); }
-.card-histogram .threshold { stroke: #d55e00; stroke-width: 2; }
-.card-histogram .suggested { stroke: #0072b2; stroke-width: 2; stroke-dasharray: 5 3; }
-.card-histogram text.threshold-label { fill: #d55e00; font-weight: 600; }
-.card-histogram text.suggested-label { fill: #0072b2; font-weight: 600; }
+.card-histogram svg { color: var(--body-text-color); font-family: var(--font); }
 .colour-bar { display: flex; align-items: center; gap: 8px; font-size: 0.85rem; flex-wrap: wrap; }
 .colour-bar .ramp { width: 180px; height: 12px; border-radius: 3px;
   background: linear-gradient(to right, #00007f, #0000ff, #007fff, #00ffff, #7fff7f, #ffff00, #ff7f00, #ff0000, #7f0000); }
@@ -87,74 +78,13 @@ def _mask_caption(view: LabelView) -> str:
     return f"SAM mask ({which}) · score {view.chosen_score:.2f} · {mask.mean():.1%} of the image"
 
 
-def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    if not high > low:
-        return [low]
-    raw = (high - low) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(low / step) * step
-    return [round(first + i * step, 10) for i in range(int((high - first) / step) + 1)]
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.3g}" if value != 0 and (abs(value) >= 100 or abs(value) < 0.001) else f"{value:.3f}".rstrip("0").rstrip(".") or "0"
-
-
 def histogram_svg(raw_values: np.ndarray, threshold: float | None, suggested: float | None, label: str,
                   method_title: str = "CLIP Surgery") -> str:
-    """The histogram of a label's raw CLIP Surgery values as SVG, the threshold (solid) and the
-    suggestion (dashed) marked and labelled where they fall in (or at the edge of) the range."""
-    values = np.asarray(raw_values, dtype=np.float64).ravel()
-    values = values[np.isfinite(values)]
-    left, right, top, bottom = 12, SVG_WIDTH - 12, 34, SVG_HEIGHT - 30
-    parts = [f'<svg viewBox="0 0 {SVG_WIDTH} {SVG_HEIGHT}" role="img" '
-             f'aria-label="{_e(f"Histogram of raw {method_title} values for {label}")}">']
-    if values.size == 0:
-        parts.append(f'<text x="{SVG_WIDTH // 2}" y="{SVG_HEIGHT // 2}" text-anchor="middle">no data</text></svg>')
-        return "".join(parts)
-    low, high = float(values.min()), float(values.max())
-    markers = [m for m in (threshold, suggested) if m is not None]
-    span_low, span_high = min([low, *markers]), max([high, *markers])
-    if not span_high > span_low:
-        span_low, span_high = span_low - 0.5, span_high + 0.5
-    pad = 0.02 * (span_high - span_low)
-    span_low, span_high = span_low - pad, span_high + pad
-    counts, edges = np.histogram(values, bins=HISTOGRAM_BINS, range=(low, high) if high > low else None)
-    peak = max(1, int(counts.max()))
-
-    def x_of(value: float) -> float:
-        return left + (value - span_low) / (span_high - span_low) * (right - left)
-
-    for count, start, stop in zip(counts, edges[:-1], edges[1:]):
-        if count == 0:
-            continue
-        x0, x1 = x_of(start), max(x_of(stop), x_of(start) + 1)
-        height = (bottom - top) * count / peak
-        evidence = threshold is not None and start >= threshold
-        parts.append(f'<rect class="bar{" evidence" if evidence else ""}" x="{x0:.1f}" y="{bottom - height:.1f}" '
-                     f'width="{x1 - x0:.1f}" height="{height:.1f}"><title>{count} patches with raw value '
-                     f"{_fmt(start)} to {_fmt(stop)}</title></rect>")
-    parts.append(f'<line class="axis" x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}"/>')
-    for tick in _nice_ticks(span_low, span_high):
-        x = x_of(tick)
-        parts.append(f'<line class="tick" x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 4}"/>'
-                     f'<text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">{_fmt(tick)}</text>')
-    parts.append(f'<text x="{left}" y="{SVG_HEIGHT - 2}">raw {_e(method_title)} value</text>'
-                 f'<text x="{right}" y="{SVG_HEIGHT - 2}" text-anchor="end">hover a bar: its count</text>')
-    label_row = 12
-    for value, css, name in ((threshold, "threshold", "threshold"), (suggested, "suggested", "suggested")):
-        if value is None:
-            continue
-        x = x_of(value)
-        anchor = "end" if x > (left + right) / 2 else "start"
-        shift = -4 if anchor == "end" else 4
-        parts.append(f'<line class="{css}" x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{bottom}"/>'
-                     f'<text class="{css}-label" x="{x + shift:.1f}" y="{label_row}" text-anchor="{anchor}">'
-                     f"{name} {_fmt(value)}</text>")
-        label_row += 13
-    parts.append("</svg>")
-    return "".join(parts)
+    """The histogram of a label's raw values of one map as SVG (`surgery.output.histogram`), the
+    threshold (solid) and the suggestion (dashed) marked and labelled, a tooltip per bar."""
+    return draw_histogram_svg(histogram_of(raw_values, threshold=threshold, suggested=suggested),
+                              description=f"Histogram of raw {method_title} values for {label}",
+                              axis_title=f"raw {method_title} value")
 
 
 def _points_caption(view: LabelView) -> str:
@@ -163,8 +93,7 @@ def _points_caption(view: LabelView) -> str:
 
 
 def label_card(view: LabelView, files: dict[str, str], size: tuple[int, int], *, threshold: float | None,
-               suggested: float | None, sam_state: str, methods: tuple[str, ...] = ("clip", "surgery"),
-               points_from: str = "surgery") -> str:
+               suggested: float | None, sam_state: str, methods: tuple[str, ...], points_from: str) -> str:
     """One label's card: each method's map in the table's order, the points, the mask, the histogram of
     the map the points come from. `files` maps overlay file names to served paths; `sam_state` is "on",
     "pending" (SAM still encoding) or "off"."""
@@ -181,7 +110,7 @@ def label_card(view: LabelView, files: dict[str, str], size: tuple[int, int], *,
         mask = _picture(files[sam_name], _mask_caption(view), f"SAM mask of {view.text}", size)
     pictures = []
     for method in methods:
-        title = METHOD_TITLES.get(method, method)
+        title = method_title(method)
         caption = f"{title} map" + (" · points from here" if method == points_from and len(methods) > 1 else "")
         if method == "clip" and method != points_from:
             caption += " (plain cosine similarity)"
@@ -193,12 +122,12 @@ def label_card(view: LabelView, files: dict[str, str], size: tuple[int, int], *,
                              _points_caption(view) if view.found else "no points", f"points for {view.text}", size))
     pictures.append(mask)
     histogram = histogram_svg(view.maps.point_parts, threshold, suggested, view.text,
-                              METHOD_TITLES.get(points_from, points_from))
-    others = [m for m in methods if m != points_from and m in view.maps.method_parts]
+                              method_title(points_from))
+    others = [m for m in methods if m != points_from]
     if others:  # each map's raw values on its own scale; the threshold belongs to the points' map only
         histogram += ('<details class="other-histograms"><summary>Raw values of the other maps</summary>'
-                      + "".join(histogram_svg(view.maps.method_parts[m], None, None, view.text,
-                                              METHOD_TITLES.get(m, m)) for m in others)
+                      + "".join(histogram_svg(view.maps.parts[m], None, None, view.text,
+                                              method_title(m)) for m in others)
                       + "</details>")
     return (f'<section class="label-card {"found" if view.found else "absent"}" data-label="{_e(view.text)}">'
             f'<h3><span class="label-text">{_e(view.text)}</span>'
@@ -220,11 +149,11 @@ def cards_html(explanation: Explanation, files: dict[str, str], *, suggested: fl
 
 def legend_html(threshold: float | None, points_from: str = "surgery") -> str:
     """The colour bar and what the numbers mean."""
-    title = METHOD_TITLES.get(points_from, points_from)
+    title = method_title(points_from)
     stretch = ("Threshold off: each map is stretched so its weakest patch is blue and its strongest red, so an "
                "absent label still shows its least-bad region."
                if threshold is None else
-               f"Threshold {_fmt(threshold)} on the raw {title} values: patches below it are blue (no evidence); "
+               f"Threshold {format_value(threshold)} on the raw {title} values: patches below it are blue (no evidence); "
                "the rest are stretched from the threshold (blue) to the map's strongest patch (red). The other "
                "maps are always stretched.")
     return (f'<div class="colour-bar"><span>weak</span><span class="ramp"></span><span>strong evidence</span>'
@@ -233,9 +162,7 @@ def legend_html(threshold: float | None, points_from: str = "surgery") -> str:
 
 def methods_markdown() -> str:
     """'About the methods': each method with its paper and what it changes."""
-    from surgery.clip.methods import METHODS
-
-    return "\n".join(f"- **{m.title}** ({m.citation}): {m.summary}" for m in METHODS.values())
+    return "\n".join(f"- **{m.title}** ({m.citation}): {m.summary}" for m in METHOD_TABLE.values())
 
 
 FOOTNOTE = (

@@ -23,7 +23,9 @@ import torch
 
 from surgery.errors import InputError, UserError
 from surgery.method.labels import Label
-from surgery.method.results import MapOptions, MapsResult, MaskPrediction
+from surgery.method.options import MapOptions
+from surgery.method.results import MapsResult, MaskPrediction
+from surgery.method.table import METHOD_TABLE
 from surgery.sam.segmenter import ImageEmbedding
 
 from .model_store import ModelStore
@@ -88,26 +90,37 @@ def _refusals_raised(task: Callable) -> Callable:
     return call
 
 
+# Seconds to ask ZeroGPU for, generous for a first call in a fresh worker (CUDA start, weights moved):
+# a fixed start, then per unit of work, an image's work scaled by its pixels relative to 512 px.
+TASK_START_S = 20
+DECODE_START_S = 10
+CLIP_IMAGE_S = 10  # one image encoder pass (or one dense method's trunk and block) at 512 px
+PER_LABEL_S = 0.1
+PER_DECODE_S = 0.2
+SAM_IMAGE_S = {"vit_h": 20}  # the SAM encoder's pass, by model; others:
+SAM_IMAGE_DEFAULT_S = 15
+REFERENCE_SIDE = 512
+
+
 def _scaled(resolution: int) -> float:
-    return (resolution / 512) ** 2
+    return (resolution / REFERENCE_SIDE) ** 2
 
 
-# Seconds to ask ZeroGPU for: generous for a first call in a fresh worker (CUDA start, weights moved).
 def _maps_seconds(backbone, rgb, labels, options: MapOptions) -> float:
-    dense = sum(1 for m in options.methods or () if m not in ("clip", "surgery"))
-    return 20 + 10 * _scaled(options.resolution) * (1 + dense) + 0.1 * len(labels)
+    dense = sum(1 for m in options.methods if METHOD_TABLE[m].block)
+    return TASK_START_S + CLIP_IMAGE_S * _scaled(options.resolution) * (1 + dense) + PER_LABEL_S * len(labels)
 
 
 def _embed_seconds(sam_key, rgb) -> float:
-    return 20 if sam_key and sam_key[0] == "vit_h" else 15
+    return SAM_IMAGE_S.get(sam_key[0] if sam_key else None, SAM_IMAGE_DEFAULT_S)
 
 
 def _decode_seconds(sam_key, embedding, prompts) -> float:
-    return 10 + 0.2 * len(prompts)
+    return DECODE_START_S + PER_DECODE_S * len(prompts)
 
 
 def _pre_encode_seconds(backbone, resolution, precision, sam_key, rgb) -> float:
-    return 20 + 10 * _scaled(resolution) + _embed_seconds(sam_key, rgb)
+    return TASK_START_S + CLIP_IMAGE_S * _scaled(resolution) + _embed_seconds(sam_key, rgb)
 
 
 class ModelWork:

@@ -9,6 +9,7 @@ with its traceback and shown as a generic message.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -17,25 +18,28 @@ from typing import Callable
 import gradio as gr
 
 from surgery.errors import InputError, UserError
-from surgery.method.feature_surgery import REDUNDANCY_MODES
-from surgery.method.labels import parse_labels
-from surgery.clip.methods import check_methods
-from surgery.method.results import METHOD_TITLES, MapOptions
+from surgery.method.options import resolution_value, snap_resolution
+from surgery.method.table import METHOD_TABLE, default_points_from, method_title
 from surgery.method.threshold import check_threshold
-from surgery.method.views import Explanation, PointOptions, apply_threshold
+from surgery.method.options import PointOptions
+from surgery.method.views import Explanation, apply_threshold
 from surgery.output.files import label_slug
-from surgery.precision import PRECISIONS, check_precision
+from surgery.precision import resolve_precision
+from surgery.request import ExplainRequest, build_request
 
 from . import cards, page, served_files
 from . import session as S
 from .components import upload_problem
 from .gpu import ModelWork
-from .inputs import check_resolution_choice, image_array, image_file_name
+from .inputs import image_array, image_file_name
 from .model_store import ModelStore
 
 log = logging.getLogger("app")
 
 GENERIC_ERROR = "Something went wrong on the server while handling this request; please try again."
+SLIDER_STEP = 0.001  # the threshold slider's step, and so its smallest value above 0 (off)
+SLIDER_HEADROOM = 1.2  # after a Run the slider reaches this much past the image's strongest raw value
+SLIDER_LEAST_MAXIMUM = 0.05
 
 
 def _as_page_error(exc: Exception) -> gr.Error:
@@ -50,7 +54,7 @@ def _as_page_error(exc: Exception) -> gr.Error:
 
 def user_errors(handler):
     """Show `UserError` messages in the page; log anything else and show a safe message."""
-    if handler.__code__.co_flags & 0x20:  # a generator: errors may come after the first yield
+    if inspect.isgeneratorfunction(handler):  # errors may come after the first yield
         @functools.wraps(handler)
         def generator(*args, **kwargs):
             try:
@@ -68,11 +72,10 @@ def user_errors(handler):
     return plain
 
 
-def _check_flags(**flags) -> None:
-    """The on/off options must be true or false (None: off); Gradio's Checkbox passes anything on."""
-    for name, value in flags.items():
-        if value is not None and not isinstance(value, bool):
-            raise InputError(f"{name} must be true or false.")
+def _check_flag(name: str, value: object) -> None:
+    """An on/off option of the API alone must be true or false (None: off); Gradio's Checkbox passes anything on."""
+    if value is not None and not isinstance(value, bool):
+        raise InputError(f"{name} must be true or false.")
 
 
 def _progress_messages(progress) -> Callable[[str], None]:
@@ -82,7 +85,8 @@ def _progress_messages(progress) -> Callable[[str], None]:
 class Handlers:
     """What each page event does. `output_dir` receives the files the page is handed (swept)."""
 
-    # What each re-render returns, in this order (Run adds the session state after them).
+    # What each re-render returns, by name and in this order (Run adds the session state after them);
+    # the page lays its output components out from the same names (`explorer.layout`).
     PAGE_OUTPUT_NAMES = ("overview", "notice", "headline", "legend", "cards", "details", "zip", "result_json",
                          "mask_labels")
     PAGE_OUTPUTS = len(PAGE_OUTPUT_NAMES)
@@ -96,14 +100,12 @@ class Handlers:
     def _segmenter(self, state: S.SessionState):
         return self.work.segmenter(state.sam_key)
 
-    def _precision(self, precision) -> str:
-        """The request's precision, or the device's default when it names none; one this device runs."""
-        if precision in (None, ""):
-            return self.store.config.default_precision()
-        if precision not in PRECISIONS:
-            raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}.")
-        placement = self.store.config.placement()
-        return precision if placement is None else check_precision(precision, placement)
+    def _placement(self):
+        """Where the models run; a device setting the app cannot meet is refused here, with its reason."""
+        problem = self.store.config.device_problem()
+        if problem:
+            raise UserError(problem)
+        return self.store.config.placement()
 
     def _write(self, state: S.SessionState, explanation: Explanation, sam_pending: bool):
         """Write this render's shown files (and downloads once SAM is done or off)."""
@@ -113,52 +115,58 @@ class Handlers:
             page.shown_files(explanation, with_masks), downloads=not sam_pending)
 
     def _rendered(self, state: S.SessionState, explanation: Explanation, sam_pending: bool = False) -> tuple:
-        """The page's result outputs for one render (`PAGE_OUTPUTS` values)."""
+        """The page's result outputs for one render, in `PAGE_OUTPUT_NAMES` order."""
         state.shown = explanation
         images, zip_path, json_path = self._write(state, explanation, sam_pending)
         sam_state = "off" if state.sam_key is None else "pending" if sam_pending else "on"
-        masks = page.annotated_masks(state, explanation) if sam_state == "on" else None
         found = page.found_labels(explanation)
-        label_value = state.mask_label if state.mask_label in found else None
-        return (masks, "",
-                page.headline_markdown(state, explanation, sam_pending),
-                cards.legend_html(explanation.threshold, explanation.maps.options.points_from),
-                cards.cards_html(explanation, images, suggested=state.suggested_threshold, sam_state=sam_state),
-                page.details_markdown(state, explanation, sam_pending),
-                zip_path, json_path, gr.update(choices=found, value=label_value))
+        values = {
+            "overview": page.annotated_masks(state, explanation) if sam_state == "on" else None,
+            "notice": "",
+            "headline": page.headline_markdown(state, explanation, sam_pending),
+            "legend": cards.legend_html(explanation.threshold, explanation.maps.options.points_from),
+            "cards": cards.cards_html(explanation, images, suggested=state.suggested_threshold, sam_state=sam_state),
+            "details": page.details_markdown(state, explanation, sam_pending),
+            "zip": zip_path,
+            "result_json": json_path,
+            "mask_labels": gr.update(choices=found, value=state.mask_label if state.mask_label in found else None),
+        }
+        return tuple(values[name] for name in self.PAGE_OUTPUT_NAMES)
+
+    def _unchanged(self) -> tuple:
+        return (gr.update(),) * self.PAGE_OUTPUTS
 
     def _rerender(self, state: S.SessionState | None, threshold, **changes) -> tuple:
         if state is None:
-            return (gr.update(),) * self.PAGE_OUTPUTS
+            return self._unchanged()
         value = check_threshold(threshold)
         segmenter = self._segmenter(state)
         return S.render_locked(state, value, segmenter,
                                lambda explanation: self._rendered(state, explanation, S.masks_pending(state)),
                                **changes)
 
-    def _checked_request(self, image, labels_text, threshold, redundancy, sam_choice, precision,
-                         methods=None, points_from=None):
-        """Everything about a request that can be refused without a model; the precision comes back resolved
-        (the device's default where the request names none)."""
+    def _checked_request(self, image, labels_text, threshold, resolution, redundancy, sam_choice, precision,
+                         instances, positive_only, methods, points_from) -> tuple[ExplainRequest, tuple | None]:
+        """Everything about a request that can be refused without a model, checked once: the explanation
+        request (`surgery.request.build_request`, the precision resolved for where the models run) and
+        the SAM model's key (None: SAM off)."""
         if image is None:
             raise UserError("Upload an image first (or pick an example below).")
-        parsed = parse_labels(labels_text)
-        threshold_value = check_threshold(threshold)
-        if redundancy not in REDUNDANCY_MODES:
-            raise InputError(f"Redundancy must be one of {', '.join(REDUNDANCY_MODES)}.")
-        precision = self._precision(precision)
-        sam_key = self.store.sam_key(sam_choice, precision)
-        return parsed, threshold_value, sam_key, check_methods(methods, points_from), precision
+        request = build_request(labels_text, threshold=threshold, resolution=resolution, redundancy=redundancy,
+                                methods=methods, points_from=points_from, precision=precision,
+                                device=self._placement(), instances=instances, positive_only=positive_only)
+        return request, self.store.sam_key(sam_choice, request.maps.precision)
 
-    def _maps(self, image, parsed, backbone, resolution, redundancy, precision, methods, progress=None):
+    def _maps(self, image, request: ExplainRequest, backbone, progress=None):
+        """The working image, the explainer, the raw maps and the notes for the page. The resolution is
+        snapped to the backbone's patch size (with a note) rather than refused."""
         working = image_array(image)
         explainer = self.store.clip(backbone, progress=progress)  # loaded here; computed in a GPU task
-        size, note = check_resolution_choice(resolution, explainer.patch_size)
-        chosen, points_from = methods
-        maps = self.work.maps(backbone, working.rgb, parsed.labels,
-                              MapOptions(resolution=size, redundancy=redundancy, precision=precision,
-                                         methods=chosen, points_from=points_from))
-        notes = tuple(parsed.notes) + tuple(n for n in (working.note, note) if n)
+        size, note = snap_resolution(request.maps.resolution, explainer.patch_size)
+        request = request.at_resolution(size)
+        explainer.check_fits(request.maps)
+        maps = self.work.maps(backbone, working.rgb, request.labels, request.maps)
+        notes = request.notes + tuple(n for n in (working.note, note) if n)
         return working, explainer, maps, notes
 
     # --- events -----------------------------------------------------------------------
@@ -166,13 +174,8 @@ class Handlers:
     def validate(self, image, labels_text, threshold, backbone, resolution, redundancy, sam_choice, precision,
                  instances=False, positive_only=False, methods=None, points_from=None) -> None:
         """Run's first step, before the queue: a refusal shows its message and leaves the page as it was."""
-        _check_flags(instances=instances, positive_only=positive_only)
-        self._checked_request(image, labels_text, threshold, redundancy, sam_choice, precision, methods,
-                              points_from)
-        try:
-            float(resolution)
-        except (TypeError, ValueError):
-            raise UserError("Resolution must be a whole number of pixels, e.g. 512.") from None
+        self._checked_request(image, labels_text, threshold, resolution, redundancy, sam_choice, precision,
+                              instances, positive_only, methods, points_from)
 
     def screen_upload(self, payload):
         """On upload, before anything is decoded: a file that cannot be used is cleared from the image box,
@@ -191,9 +194,9 @@ class Handlers:
         if image is None:
             return
         rgb = image_array(image).rgb
-        precision = self._precision(precision)
+        precision = resolve_precision(precision, self._placement())
         explainer = self.store.clip(backbone)
-        size, _ = check_resolution_choice(resolution, explainer.patch_size)
+        size, _ = snap_resolution(resolution_value(resolution), explainer.patch_size)
         sam_key = self.store.sam_key(sam_choice, precision)
         if sam_key is not None:
             self.store.sam(*sam_key)  # loaded here, so the task below only computes
@@ -205,17 +208,16 @@ class Handlers:
             instances=False, positive_only=False, methods=None, points_from=None, progress=gr.Progress()):
         """Run: the page's outputs and the session state, heatmaps first (yielded while SAM works), then
         the masks."""
-        parsed, threshold_value, sam_key, chosen, precision = self._checked_request(
-            image, labels_text, threshold, redundancy, sam_choice, precision, methods, points_from)
+        request, sam_key = self._checked_request(image, labels_text, threshold, resolution, redundancy, sam_choice,
+                                                 precision, instances, positive_only, methods, points_from)
         progress(0.05, desc="Maps…")
-        working, explainer, maps, notes = self._maps(image, parsed, backbone, resolution, redundancy, precision,
-                                                     chosen, _progress_messages(progress))
+        working, explainer, maps, notes = self._maps(image, request, backbone, _progress_messages(progress))
         segmenter = self.work.segmenter(sam_key, progress=_progress_messages(progress))
         state = S.SessionState(
             working.rgb, maps, explainer.name, None if segmenter is None else segmenter.name, sam_key, None, notes,
-            point_options=PointOptions(bool(instances), bool(positive_only)), image_name=image_file_name(image),
-            source_size=working.source_size, threshold=threshold_value)
-        first = apply_threshold(maps, threshold_value, state.point_options)
+            point_options=request.points, image_name=image_file_name(image), source_size=working.source_size,
+            threshold=request.threshold)
+        first = apply_threshold(maps, request.threshold, state.point_options)
         embedding = None
         if segmenter is not None:  # heatmaps now, masks when SAM is done
             yield (*self._rendered(state, first, sam_pending=True), state)
@@ -235,7 +237,8 @@ class Handlers:
         Args:
             image: the image (JPEG, PNG, WebP, GIF, BMP or TIFF).
             labels_text: labels separated by commas; "a+b" joins parts into one target, e.g. "cat, dog, cat+grass".
-            threshold: raw CLIP Surgery similarity a label must reach to be found; 0 means off (every label found).
+            threshold: the raw value (of the map the points come from) a label must reach to be found; 0 means
+                off (every label found).
             backbone: the CLIP model (default: the app's).
             resolution: CLIP input size in pixels, 224 to 1024.
             redundancy: what feature surgery subtracts: "vocab", "labels" or "empty".
@@ -245,7 +248,8 @@ class Handlers:
             positive_only: send SAM positive points only.
             methods: the maps to compute, from clip, surgery, maskclip, sclip, clearclip, naclip
                 (default clip and surgery; a list or a comma-separated text).
-            points_from: the method whose map decides found / not found and gives SAM's points (default surgery).
+            points_from: the method whose map decides found / not found and gives SAM's points (default: CLIP
+                Surgery when it is computed, else the first of the methods).
             include_files: also return the zip of every output file and the overlay images.
 
         Returns:
@@ -254,18 +258,16 @@ class Handlers:
             zip: the zip of all output files, or None unless include_files.
             images: (image file, caption) pairs of the overlays, empty unless include_files.
         """
-        _check_flags(instances=instances, positive_only=positive_only, include_files=include_files)
-        parsed, threshold_value, sam_key, chosen, precision = self._checked_request(
-            image, labels_text, threshold, redundancy, sam_choice, precision, methods, points_from)
-        working, explainer, maps, notes = self._maps(image, parsed, backbone, resolution, redundancy, precision,
-                                                     chosen)
+        _check_flag("include_files", include_files)
+        request, sam_key = self._checked_request(image, labels_text, threshold, resolution, redundancy, sam_choice,
+                                                 precision, instances, positive_only, methods, points_from)
+        working, explainer, maps, notes = self._maps(image, request, backbone)
         segmenter = self.work.segmenter(sam_key)
         state = S.SessionState(
             working.rgb, maps, explainer.name, None if segmenter is None else segmenter.name, sam_key,
-            None if segmenter is None else segmenter.embed(working.rgb), notes,
-            point_options=PointOptions(bool(instances), bool(positive_only)), image_name=image_file_name(image),
-            source_size=working.source_size)
-        explanation = S.rerender(state, threshold_value, segmenter)
+            None if segmenter is None else segmenter.embed(working.rgb), notes, point_options=request.points,
+            image_name=image_file_name(image), source_size=working.source_size)
+        explanation = S.rerender(state, request.threshold, segmenter)
         self.store.idle_trim.job_done()
         result, files = S.result_and_files(state, explanation)
         summary = page.summary_markdown(state, explanation)
@@ -273,13 +275,13 @@ class Handlers:
             return result, summary, None, []
         shown = page.shown_files(explanation, with_masks=segmenter is not None)
         images, zip_path, _ = served_files.write_render(self.output_dir, files, shown, downloads=True)
-        captions = {**METHOD_TITLES, "points": "Points", "sam": "SAM"}
+        captions = {"points": "Points", "sam": "SAM"}
         gallery = []
         for view in explanation.labels:
             for name in shown:
                 kind, _, rest = name.partition("_")
                 if rest == f"{label_slug(view.text)}.png":
-                    gallery.append((images[name], f"{captions[kind]} · {view.text}"))
+                    gallery.append((images[name], f"{captions.get(kind) or method_title(kind)} · {view.text}"))
         return result, summary, zip_path, gallery
 
     @user_errors
@@ -291,32 +293,32 @@ class Handlers:
         return self._rerender(state, threshold, point_options=PointOptions(bool(instances), bool(positive_only)))
 
     @user_errors
-    def choose_mask(self, state, threshold, label, candidate) -> tuple:
+    def choose_mask(self, state, threshold, mask_label, mask_candidate) -> tuple:
         """Show another of SAM's three candidates for one label: no model call."""
-        if state is None or not label:
-            return (gr.update(),) * self.PAGE_OUTPUTS
-        if candidate not in (None, "best", "1", "2", "3"):
+        if state is None or not mask_label:
+            return self._unchanged()
+        if mask_candidate not in (None, "best", "1", "2", "3"):
             raise InputError("The SAM candidate must be best, 1, 2 or 3.")
-        index = None if candidate in (None, "best") else int(candidate) - 1
-        return self._rerender(state, threshold, mask_choice=(label, index))
+        index = None if mask_candidate in (None, "best") else int(mask_candidate) - 1
+        return self._rerender(state, threshold, mask_choice=(mask_label, index))
 
     @user_errors
     def change_points_from(self, state, threshold, points_from) -> tuple:
         """Take the points (and found / not found) from another computed map: no model call."""
         if state is None or not points_from or points_from == state.maps.options.points_from:
-            return (gr.update(),) * self.PAGE_OUTPUTS
+            return self._unchanged()
         if points_from not in state.maps.options.methods:
             gr.Warning("That map was not computed for these results: tick it under Compare and press Run.")
-            return (gr.update(),) * self.PAGE_OUTPUTS
+            return self._unchanged()
         return self._rerender(state, threshold, points_from=points_from)
 
-    def shown_candidate(self, state, label):
+    def shown_candidate(self, state, mask_label):
         """The chosen label's candidates, each with its score and area."""
         if state is None:
             return gr.update(choices=[("best", "best")], value="best")
-        state.mask_label = label
-        choice = state.mask_choices.get(label)
-        return gr.update(choices=page.candidate_choices(state.shown, label),
+        state.mask_label = mask_label
+        choice = state.mask_choices.get(mask_label)
+        return gr.update(choices=page.candidate_choices(state.shown, mask_label),
                          value="best" if choice is None else str(choice + 1))
 
     def slider_range(self, state):
@@ -324,7 +326,15 @@ class Handlers:
         if state is None:
             return gr.update()
         top = max(float(lm.point_parts.max()) for lm in state.maps.labels)
-        return gr.update(maximum=max(0.05, round(top * 1.2 + 0.005, 2)))
+        return gr.update(maximum=max(SLIDER_LEAST_MAXIMUM, round(top * SLIDER_HEADROOM + 0.005, 2)))
+
+    def points_for_methods(self, methods, points_from):
+        """When Compare changes: keep "Points from" where it is if that map is still computed, else move it
+        to CLIP Surgery, or to the first ticked method without it (never an error output)."""
+        chosen = [name for name in METHOD_TABLE if isinstance(methods, list) and name in methods]
+        if not chosen or points_from in chosen:
+            return gr.update()
+        return gr.update(value=default_points_from(tuple(chosen)))
 
     def mark_stale(self, state):
         """An Advanced option changed after a Run: say the shown results are for the old options."""
@@ -341,7 +351,7 @@ class Handlers:
         if value is None:
             gr.Warning("The maps are flat; there is no threshold to suggest.")
             return gr.update()
-        return gr.update(value=round(max(value, 0.001), 3))
+        return gr.update(value=round(max(value, SLIDER_STEP), 3))
 
     def status(self):
         text, ready = self.store.status()

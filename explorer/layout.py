@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+from typing import Callable
 
 import gradio as gr
 
-from surgery.clip.methods import DEFAULT_METHODS, DEFAULT_POINTS_FROM, METHODS
-from surgery.method.feature_surgery import REDUNDANCY_MODES
-from surgery.method.results import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION
+from surgery.method.options import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, REDUNDANCY_MODES
+from surgery.method.table import DEFAULT_METHODS, METHOD_TABLE, default_points_from
 
 from . import cards
 from .components import ChoiceDropdown, MethodsGroup, SafeImage, ThresholdSlider
@@ -19,6 +20,9 @@ RESOLUTIONS = [224, 336, 448, 512, 640, 768, 896, 1024]
 MODEL_CONCURRENCY = 1  # 2 cores: one model job at a time uses both; more would only contend
 RERENDER_CONCURRENCY = 4
 SESSION_TTL_S = 1800  # per-session raw maps and SAM embedding (a few MB) live this long after the last use
+CACHE_SWEEP_S = 900  # how often Gradio's cache of served files is swept of files older than SESSION_TTL_S
+STATUS_POLL_S = 2.0  # the model status line refreshes this often until every default model is ready
+QUEUE_SIZE = 32  # requests waiting for a model job; more are refused at once with "queue full"
 
 INTRO = """# CLIP Surgery Explorer
 Why does CLIP match this image to that word? **CLIP Surgery**
@@ -59,9 +63,26 @@ API_DESCRIPTION = (
 )
 
 
-def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
+def inputs_for(handler: Callable, fields: dict[str, gr.components.Component]) -> list:
+    """The components an event passes to `handler`, found by its parameter names, in its own order: the
+    page never keeps a list of inputs in step with a signature by hand. Parameters without a component
+    (Gradio's progress) must come last and have defaults."""
+    inputs, skipped = [], None
+    for name, parameter in inspect.signature(handler).parameters.items():
+        if name in fields:
+            if skipped is not None:
+                raise TypeError(f"{handler.__name__}: parameter {name!r} comes after {skipped!r}, which has no component")
+            inputs.append(fields[name])
+        elif parameter.default is inspect.Parameter.empty:
+            raise TypeError(f"{handler.__name__}: no page component for parameter {name!r}")
+        else:
+            skipped = name
+    return inputs
+
+
+def build_demo(handlers: Handlers, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     store = handlers.store
-    with gr.Blocks(title="CLIP Surgery Explorer", delete_cache=(900, SESSION_TTL_S)) as demo:
+    with gr.Blocks(title="CLIP Surgery Explorer", delete_cache=(CACHE_SWEEP_S, SESSION_TTL_S)) as demo:
         gr.Markdown(INTRO)
         status_box = gr.Markdown("Loading model weights…", elem_id="model-status")
         with gr.Row(equal_height=False):
@@ -89,10 +110,12 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
                     positive_only = gr.Checkbox(False, label="Send SAM positive points only")
                 with gr.Row():
                     methods = MethodsGroup(
-                        [(METHODS[m].title, m) for m in METHODS], value=list(DEFAULT_METHODS), label="Compare",
-                        info="The maps to compute; each label's card shows them side by side.", elem_id="methods")
+                        [(row.title, name) for name, row in METHOD_TABLE.items()], value=list(DEFAULT_METHODS),
+                        label="Compare", info="The maps to compute; each label's card shows them side by side.",
+                        elem_id="methods")
                     points_from = gr.Radio(
-                        [(METHODS[m].title, m) for m in METHODS], value=DEFAULT_POINTS_FROM, label="Points from",
+                        [(row.title, name) for name, row in METHOD_TABLE.items()],
+                        value=default_points_from(DEFAULT_METHODS), label="Points from",
                         info="The map that decides found / not found and gives SAM's points; the threshold is on "
                              "its raw values.", elem_id="points-from")
                 threshold = ThresholdSlider(0.0, 1.0, value=0.0, step=0.001, label="Threshold", info=THRESHOLD_HINT,
@@ -121,7 +144,7 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
         examples = gr.Examples([[str(ASSETS / name), text] for name, text in EXAMPLES], inputs=[image, labels],
                                label="Examples (one absent label and one a+b target each): click to run")
         state = gr.State(None, time_to_live=SESSION_TTL_S)
-        timer = gr.Timer(2.0)
+        timer = gr.Timer(STATUS_POLL_S)
         include_files = gr.Checkbox(False, visible=False)
         api_result = gr.JSON(visible=False, label="result")
         api_summary = gr.Markdown(visible=False, label="summary")
@@ -129,9 +152,15 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
         api_images = gr.Gallery(visible=False, format="png", label="images")
         api_button = gr.Button(visible=False)
 
-        page_outputs = [masks, notice, headline, legend, cards_box, details, download, result_file, mask_label]
-        request = [image, labels, threshold, backbone, resolution, redundancy, sam_choice, precision, instances,
-                   positive_only, methods, points_from]
+        result_widgets = {"overview": masks, "notice": notice, "headline": headline, "legend": legend,
+                          "cards": cards_box, "details": details, "zip": download, "result_json": result_file,
+                          "mask_labels": mask_label}
+        page_outputs = [result_widgets[name] for name in Handlers.PAGE_OUTPUT_NAMES]
+        fields = {"image": image, "labels_text": labels, "threshold": threshold, "backbone": backbone,
+                  "resolution": resolution, "redundancy": redundancy, "sam_choice": sam_choice,
+                  "precision": precision, "instances": instances, "positive_only": positive_only,
+                  "methods": methods, "points_from": points_from, "include_files": include_files,
+                  "state": state, "mask_label": mask_label, "mask_candidate": mask_candidate}
         light = dict(concurrency_id="rerender", concurrency_limit=RERENDER_CONCURRENCY, show_progress="hidden",
                      api_visibility="private")
         demo.load(handlers.status, outputs=[status_box, timer], queue=False, api_visibility="private")
@@ -139,36 +168,42 @@ def build_demo(handlers: Handlers, queue_size: int = 32) -> gr.Blocks:
         image.upload(handlers.screen_upload, inputs=[image], outputs=[image], preprocess=False, postprocess=False,
                      concurrency_id="validate", concurrency_limit=None, show_progress="hidden",
                      api_visibility="private").success(
-            handlers.pre_encode, inputs=[image, backbone, resolution, sam_choice, precision], outputs=None,
+            handlers.pre_encode, inputs=inputs_for(handlers.pre_encode, fields), outputs=None,
             concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY, show_progress="hidden",
             api_visibility="private")
         for trigger in (run_button.click, labels.submit, examples.load_input_event.then):
             # Checked first, with no outputs and never waiting behind a model job: a refusal shows its
             # message and leaves the page as it was.
-            trigger(handlers.validate, inputs=request, outputs=None, concurrency_id="validate", concurrency_limit=None,
-                    show_progress="hidden", api_visibility="private").success(
-                handlers.run, inputs=request, outputs=page_outputs + [state], concurrency_id="model",
+            trigger(handlers.validate, inputs=inputs_for(handlers.validate, fields), outputs=None,
+                    concurrency_id="validate", concurrency_limit=None, show_progress="hidden",
+                    api_visibility="private").success(
+                handlers.run, inputs=inputs_for(handlers.run, fields), outputs=page_outputs + [state],
+                concurrency_id="model",
                 concurrency_limit=MODEL_CONCURRENCY, show_progress="minimal", api_visibility="private",
             ).success(handlers.slider_range, inputs=[state], outputs=[threshold], queue=False,
                       api_visibility="private")
-        api_button.click(handlers.explain, inputs=request + [include_files],
+        api_button.click(handlers.explain, inputs=inputs_for(handlers.explain, fields),
                          outputs=[api_result, api_summary, api_zip, api_images], api_name="explain",
                          api_description=API_DESCRIPTION, concurrency_id="model",
                          concurrency_limit=MODEL_CONCURRENCY)
-        threshold.change(handlers.rethreshold, inputs=[state, threshold], outputs=page_outputs,
+        threshold.change(handlers.rethreshold, inputs=inputs_for(handlers.rethreshold, fields), outputs=page_outputs,
                          trigger_mode="always_last", **light)
         for option in (instances, positive_only):
-            option.change(handlers.change_points, inputs=[state, threshold, instances, positive_only],
+            option.change(handlers.change_points, inputs=inputs_for(handlers.change_points, fields),
                           outputs=page_outputs, trigger_mode="always_last", **light)
-        points_from.change(handlers.change_points_from, inputs=[state, threshold, points_from], outputs=page_outputs,
+        methods.change(handlers.points_for_methods, inputs=inputs_for(handlers.points_for_methods, fields),
+                       outputs=[points_from], queue=False, api_visibility="private")
+        points_from.change(handlers.change_points_from, inputs=inputs_for(handlers.change_points_from, fields),
+                           outputs=page_outputs,
                            trigger_mode="always_last", **light).then(
             handlers.slider_range, inputs=[state], outputs=[threshold], queue=False, api_visibility="private")
         for option in (backbone, resolution, redundancy, sam_choice, precision, methods):
             option.change(handlers.mark_stale, inputs=[state], outputs=[notice], queue=False,
                           api_visibility="private")
-        mask_candidate.change(handlers.choose_mask, inputs=[state, threshold, mask_label, mask_candidate],
+        mask_candidate.change(handlers.choose_mask, inputs=inputs_for(handlers.choose_mask, fields),
                               outputs=page_outputs, trigger_mode="always_last", **light)
-        mask_label.change(handlers.shown_candidate, inputs=[state, mask_label], outputs=[mask_candidate],
+        mask_label.change(handlers.shown_candidate, inputs=inputs_for(handlers.shown_candidate, fields),
+                          outputs=[mask_candidate],
                           queue=False, api_visibility="private")
         suggest_button.click(handlers.suggest, inputs=[state], outputs=[threshold], api_visibility="private",
                              concurrency_id="validate", concurrency_limit=None, show_progress="hidden")

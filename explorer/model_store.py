@@ -29,7 +29,7 @@ from surgery.hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, OPENCLIP_SUGGES
 from surgery.hub.sources import ModelSource, is_known_clip, resolve_clip, resolve_sam
 from surgery.loading import load_clip, load_segmenter
 from surgery.memory import IdleTrim, release_freed_memory
-from surgery.precision import PRECISIONS, default_precision, precisions_for
+from surgery.precision import default_precision, precisions_for
 from surgery.sam.segmenter import SamSegmenter
 
 log = logging.getLogger(__name__)
@@ -212,16 +212,13 @@ class ModelStore:
         return self._wait(("sam", *key), f"SAM {key[0]}", progress)
 
     def sam_key(self, name: str | None, precision: str | None = None) -> tuple[str, str] | None:
-        """(SAM choice, precision) checked, or None when SAM is off: what a session keeps.
-        A precision of None is the device's default."""
+        """(SAM choice, precision), or None when SAM is off: what a session keeps. An unknown name is
+        refused here; the precision is one the request resolved (None: the device's default)."""
         name = name or self.config.default_sam()
-        precision = precision or self.config.default_precision()
         if name == SAM_OFF or not self.config.load_sam:
             return None
         self.sam_source(name)  # unknown names are refused here
-        if precision not in PRECISIONS:
-            raise InputError(f"Precision must be one of {', '.join(PRECISIONS)}.")
-        return name, precision
+        return name, precision or self.config.default_precision()
 
     # --- what the page shows ---------------------------------------------------
     def clip_display_name(self, name: str | None = None) -> str:

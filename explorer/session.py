@@ -19,8 +19,9 @@ import numpy as np
 
 from surgery.method.results import MapsResult, MaskPrediction
 from surgery.method.threshold import otsu_threshold
-from surgery.method.views import Explanation, PointOptions, apply_threshold, decode_masks, decode_prompts, with_choices
-from surgery.output.files import output_files, overlay_pngs, result_json
+from surgery.method.options import PointOptions
+from surgery.method.views import Explanation, apply_threshold, decode_masks, decode_prompts, with_choices
+from surgery.output.files import explanation_files, overlay_pngs
 from surgery.output.png import PngMemo
 from surgery.sam.segmenter import ImageEmbedding, SamSegmenter
 
@@ -147,12 +148,9 @@ def suggest_threshold(state: SessionState) -> float | None:
 
 def result_and_files(state: SessionState, explanation: Explanation) -> tuple[dict, dict[str, bytes]]:
     """result.json's content and every download file of this render."""
-    with_sam = state.sam_key is not None
-    result = result_json(explanation, model=state.model_name, sam_model=state.sam_name, notes=state.notes,
-                         source_size=state.source_size)
-    files = output_files(state.image_rgb, explanation, result, with_masks=with_sam,
-                         coco_file_name=state.image_name if with_sam else None, memo=state.png_memo)
-    return result, files
+    return explanation_files(state.image_rgb, explanation, model=state.model_name, sam_model=state.sam_name,
+                             notes=state.notes, source_size=state.source_size,
+                             coco_file_name=state.image_name if state.sam_name else None, memo=state.png_memo)
 
 
 def page_files(state: SessionState, explanation: Explanation, sam_pending: bool = False) -> dict[str, bytes]:

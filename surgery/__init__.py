@@ -21,7 +21,8 @@ Layers (dependencies point down the list):
 `surgery.loading` is the one path from a name or file to a loaded model; its `device`
 argument (`"auto"`, the default: CUDA when available, else the CPU; `"cpu"`; `"cuda[:N]"`)
 says where the model runs. `MapOptions(precision=...)` is `"fp32"` (exact) unless asked:
-`"bf16"` is the faster choice on a GPU. The method is described in docs/method.md.
+`"bf16"` is the faster choice on a GPU. `build_request` checks everything a person gives at once (what
+the CLI and the app do). The method is described in docs/method.md, the layers in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -35,26 +36,35 @@ from .errors import CheckpointError, InputError, UserError, WeightsUnavailable
 from .images import fit_long_side, load_image
 from .loading import load_clip, load_segmenter
 from .method.labels import Label, parse_labels
-from .method.results import MapOptions, MapsResult
+from .method.options import MapOptions, PointOptions, check_redundancy
+from .method.results import MapsResult
+from .method.table import METHOD_TABLE
 from .method.threshold import check_threshold
-from .method.views import Explanation, PointOptions
+from .method.views import Explanation
 from .method.views import apply_threshold as _apply_threshold
 from .pipeline import add_masks
+from .precision import resolve_precision
+from .request import ExplainRequest, build_request
 
 __all__ = [
     "load_clip", "load_segmenter", "load_image", "fit_long_side", "parse_labels", "compute_maps",
-    "apply_threshold", "add_masks", "write_outputs", "MapOptions", "MapsResult", "PointOptions",
-    "Explanation", "Label", "UserError", "InputError", "CheckpointError", "WeightsUnavailable",
+    "apply_threshold", "add_masks", "write_outputs", "build_request", "ExplainRequest", "MapOptions",
+    "MapsResult", "PointOptions", "Explanation", "Label", "METHOD_TABLE", "UserError", "InputError",
+    "CheckpointError", "WeightsUnavailable",
 ]
 
 
 def compute_maps(explainer, image_rgb: np.ndarray, labels: str | Sequence[Label],
                  options: MapOptions = MapOptions()) -> MapsResult:
-    """Raw CLIP and CLIP Surgery maps for each label on the patch grid (no threshold yet).
+    """Raw maps of every method in `options` for each label on its grid (no threshold yet).
 
-    `labels` is the text a person types (`"person, bench, cat+grass"`) or parsed `Label`s.
+    `labels` is the text a person types (`"person, bench, cat+grass"`) or parsed `Label`s. An
+    `InputError` when the options do not fit the labels, the model or the device it runs on.
     """
     parsed = parse_labels(labels).labels if isinstance(labels, str) else tuple(labels)
+    check_redundancy(options.redundancy, parsed)
+    resolve_precision(options.precision, explainer.device)
+    explainer.check_fits(options)
     return explainer.compute_maps(image_rgb, parsed, options)
 
 
@@ -69,14 +79,11 @@ def write_outputs(directory: str | Path, image_rgb: np.ndarray, explanation: Exp
     """Write result.json, maps.npz and the PNG overlays into `directory` (as the CLI does); returns it.
 
     Pass the `segmenter` whose masks `explanation` holds to include masks (maps.npz, sam_*.png, masks.png).
+    Earlier outputs in `directory` are replaced, so it holds this explanation's files only.
     """
-    from .output.files import output_files, result_json
-    from .output.files import write_outputs as _write
+    from .output.files import explanation_files, write_files
 
-    with_masks = segmenter is not None
-    result = result_json(explanation, model=getattr(explainer, "name", "clip"),
-                         sam_model=getattr(segmenter, "name", None))
-    files = output_files(image_rgb, explanation, result, with_masks=with_masks, coco_file_name=coco_file_name)
-    directory = Path(directory)
-    _write(directory, files)
-    return directory
+    _, files = explanation_files(image_rgb, explanation, model=getattr(explainer, "name", "clip"),
+                                 sam_model=getattr(segmenter, "name", None), coco_file_name=coco_file_name)
+    write_files(Path(directory), files)
+    return Path(directory)

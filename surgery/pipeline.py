@@ -9,25 +9,22 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from .clip.explainer import ClipExplainer
 from .images import WORK_MAX_SIDE, WorkingImage, fit_long_side, load_image
-from .method.labels import Label
-from .method.results import MapOptions
-from .method.views import Explanation, PointOptions, apply_threshold, decode_masks
-from .output.files import output_files, result_json
+from .method.views import Explanation, apply_threshold, decode_masks
+from .output.files import explanation_files
+from .request import ExplainRequest
 from .sam.segmenter import SamSegmenter
 
 
 def explain_image(explainer: ClipExplainer, segmenter: SamSegmenter | None, image_rgb: np.ndarray,
-                  labels: Sequence[Label], options: MapOptions = MapOptions(), threshold: float | None = None,
-                  point_options: PointOptions = PointOptions()) -> Explanation:
-    """Raw maps for `labels`, viewed at `threshold` (None: off), with SAM's masks when `segmenter` is given."""
-    maps = explainer.compute_maps(image_rgb, labels, options)
-    explanation = apply_threshold(maps, threshold, point_options)
+                  request: ExplainRequest) -> Explanation:
+    """Raw maps for the request's labels, viewed at its threshold, with SAM's masks when `segmenter` is given."""
+    maps = explainer.compute_maps(image_rgb, request.labels, request.maps)
+    explanation = apply_threshold(maps, request.threshold, request.points)
     if segmenter is None:
         return explanation
     return add_masks(explanation, segmenter, image_rgb)
@@ -49,22 +46,20 @@ class ExplainedFile:
     explanation: Explanation
     working: WorkingImage
     result: dict
-    files: dict[str, bytes]  # name -> bytes, as `surgery.output.files.write_outputs` takes them
+    files: dict[str, bytes]  # name -> bytes, as `surgery.output.files.write_files` takes them
 
 
-def explain_file(path: Path, explainer: ClipExplainer, segmenter: SamSegmenter | None, labels: Sequence[Label],
-                 options: MapOptions = MapOptions(), threshold: float | None = None,
-                 point_options: PointOptions = PointOptions(), *, label_notes: Sequence[str] = (),
-                 max_side: int = WORK_MAX_SIDE, coco: bool = False) -> ExplainedFile:
+def explain_file(path: Path, explainer: ClipExplainer, segmenter: SamSegmenter | None, request: ExplainRequest,
+                 *, max_side: int = WORK_MAX_SIDE, coco: bool = False) -> ExplainedFile:
     """What `python -m surgery explain` makes of one image file, not yet written: the file decoded
-    (`InputError` when it cannot be), scaled to `max_side`, explained, and its output files, with
-    `label_notes` and any scaling note in result.json (and coco.json with `coco`)."""
+    (`InputError` when it cannot be), scaled to `max_side`, explained, and its output files, with the
+    request's notes and any scaling note in result.json (and coco.json with `coco`)."""
     path = Path(path)
     working = fit_long_side(load_image(path, name=path.name), max_side)
-    explanation = explain_image(explainer, segmenter, working.rgb, labels, options, threshold, point_options)
-    notes = tuple(label_notes) + ((working.note,) if working.note else ())
-    result = result_json(explanation, model=explainer.name, sam_model=None if segmenter is None else segmenter.name,
-                         notes=notes, source_size=working.source_size)
-    files = output_files(working.rgb, explanation, result, with_masks=segmenter is not None,
-                         coco_file_name=path.name if coco else None)
+    explanation = explain_image(explainer, segmenter, working.rgb, request)
+    notes = request.notes + ((working.note,) if working.note else ())
+    result, files = explanation_files(working.rgb, explanation, model=explainer.name,
+                                      sam_model=None if segmenter is None else segmenter.name, notes=notes,
+                                      source_size=working.source_size,
+                                      coco_file_name=path.name if coco else None)
     return ExplainedFile(explanation, working, result, files)

@@ -14,8 +14,8 @@ import torch
 
 from .device import runs_on_gpu
 from .errors import InputError
+from .method.options import PRECISIONS
 
-PRECISIONS = ("fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -41,7 +41,7 @@ def bf16_supported(device: torch.device | str) -> bool:
 
 def _unusable(precision: str, device: torch.device | str) -> str | None:
     """Why `device` cannot run `precision` natively, or None when it can."""
-    if precision not in PRECISIONS:
+    if not isinstance(precision, str) or precision not in PRECISIONS:
         return f"Precision must be one of {', '.join(PRECISIONS)}; got {str(precision)[:40]!r} (unknown precision)."
     if precision == "bf16" and not bf16_supported(device):
         return f"bf16 is not supported on this {'GPU' if runs_on_gpu(device) else 'CPU'}; use fp32."
@@ -50,23 +50,25 @@ def _unusable(precision: str, device: torch.device | str) -> str | None:
     return None
 
 
-def check_precision(precision: str, device: torch.device | str = "cpu") -> str:
-    """`precision` when it is a known choice that `device` runs natively; else an `InputError`."""
+def resolve_precision(precision: object, device: torch.device | str = "cpu") -> str:
+    """The precision a request runs in on `device`: `default_precision(device)` when none is named
+    (None or ""), else `precision` when it is a known choice that `device` runs natively; else an
+    `InputError` saying what to use. The one place a precision meets a device (`surgery.request`)."""
+    if precision is None or precision == "":
+        return default_precision(device)
     problem = _unusable(precision, device)
     if problem:
         raise InputError(problem)
-    return precision
+    return str(precision)
 
 
 def precisions_for(device: torch.device | str) -> list[str]:
-    """The precisions `device` runs natively (what `check_precision` accepts there), fp32 first."""
+    """The precisions `device` runs natively (what `resolve_precision` accepts there), fp32 first."""
     return [precision for precision in PRECISIONS if _unusable(precision, device) is None]
 
 
 def autocast(precision: str, device: torch.device | str = "cpu") -> contextlib.AbstractContextManager:
-    """fp32: nothing; bf16/fp16: autocast on `device`, refused with a clear message where it would be
-    emulated or unsupported."""
-    check_precision(precision, device)
+    """fp32: nothing; bf16/fp16: autocast on `device` (a precision `resolve_precision` accepted there)."""
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=_DTYPES[precision])

@@ -182,9 +182,10 @@ def test_outputs_follow_the_schema_with_image_sizes_after_exif(runs):
                 assert labels.count(1) == labels.count(0)
 
 
-def test_unreadable_files_exit_2_with_one_error_line_each(runs):
+def test_unreadable_files_exit_1_with_one_error_line_each(runs):
+    """Some images failed, the rest were done: exit 1 (2 is for usage errors), as calibrate and evaluate."""
     batch = runs["batch"]
-    assert batch.returncode == 2
+    assert batch.returncode == 1
     assert "Traceback" not in batch.stderr
     errors = batch.error_lines
     assert len(errors) == 3, batch.stderr
@@ -245,7 +246,7 @@ def test_threshold_zero_is_off_as_in_the_app(runs):
 def test_negative_threshold_is_refused_as_in_the_app(runs):
     negative = runs["negative"]
     assert negative.returncode == 2
-    assert negative.stderr.strip() == "error: argument --threshold: must be a number from 0 (off) to 10 (see --help)"
+    assert negative.stderr.strip() == "error: Threshold must be a number from 0 (off) to 10; got -0.5."
     assert not negative.out.exists()
 
 
@@ -254,7 +255,7 @@ def test_negative_threshold_is_refused_as_in_the_app(runs):
 @pytest.mark.parametrize("name, mentions", [
     ("resolution", "230"),
     ("no_labels", "--labels"),
-    ("nan", "--threshold"),
+    ("nan", "Threshold must be a number from 0 (off) to 10"),
     ("bad_method", "Unknown method 'dino'"),
     ("resnet_method", "MaskCLIP work on ViT backbones only"),
 ])

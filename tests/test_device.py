@@ -13,7 +13,7 @@ import torch
 from surgery.device import resolve_device
 from surgery.errors import InputError
 from surgery.loading import default_sam_name, load_clip
-from surgery.precision import check_precision, default_precision
+from surgery.precision import default_precision, resolve_precision
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_CLIP = ROOT / "tests" / "data" / "parity" / "weights.safetensors"
@@ -63,12 +63,12 @@ def test_the_default_sam_and_precision_follow_the_device_used_not_the_hardware(m
     _pretend_cuda(monkeypatch, capability=(7, 5))  # a T4: no native bf16, so fp32 stays the default
     assert default_precision(torch.device("cuda")) == "fp32"
     with pytest.raises(InputError, match="bf16 is not supported on this GPU"):
-        check_precision("bf16", "cuda")
+        resolve_precision("bf16", "cuda")
 
 
 def test_fp16_is_refused_on_the_cpu():
     with pytest.raises(InputError, match="fp16 runs on a GPU only"):
-        check_precision("fp16", "cpu")
+        resolve_precision("fp16", "cpu")
 
 
 def test_loaded_models_sit_on_the_device_asked_for():

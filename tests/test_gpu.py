@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from checkpoints import SMALL_ARCH, write_random_sam_checkpoint
-from surgery.clip.methods import METHODS
+from surgery.method.table import METHOD_TABLE
 from surgery.loading import load_clip, load_segmenter
 from surgery.method.labels import parse_labels
-from surgery.method.results import MapOptions
+from surgery.method.options import MapOptions
 
 from conftest import TINY_CLIP
 
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")]
 
 LABELS = parse_labels("rocket, sky, grass, rocket+sky").labels
-ALL_METHODS = tuple(METHODS)
+ALL_METHODS = tuple(METHOD_TABLE)
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,8 @@ def test_fp32_maps_on_cuda_are_within_1e4_of_the_cpu_maps(explainers, rocket, re
     worst = 0.0
     for a, b in zip(on_cpu.labels, on_gpu.labels):
         for method in ALL_METHODS:
-            assert b.method_maps[method].dtype == np.float32  # numpy on the CPU, whatever ran on the GPU
-            worst = max(worst, float(np.abs(a.method_maps[method] - b.method_maps[method]).max()))
+            assert b.maps[method].dtype == np.float32  # numpy on the CPU, whatever ran on the GPU
+            worst = max(worst, float(np.abs(a.maps[method] - b.maps[method]).max()))
         assert abs(a.presence - b.presence) < 1e-4
     print(f"fp32 CUDA vs CPU at {resolution} px: max |diff| {worst:.2e}")
     assert worst < 1e-4
@@ -56,7 +56,7 @@ def test_bf16_maps_are_close_to_fp32(explainers, rocket):
     differences = []
     for a, b in zip(fp32.labels, bf16.labels):
         for method in ALL_METHODS:
-            x, y = a.method_maps[method], b.method_maps[method]
+            x, y = a.maps[method], b.maps[method]
             assert not np.array_equal(x, y)  # really ran in bf16
             scale = float(np.abs(x).max()) or 1.0
             differences.append(float(np.abs(x - y).mean()) / scale)

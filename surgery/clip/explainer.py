@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +22,17 @@ from ..errors import InputError
 from ..method import feature_surgery
 from ..method.labels import Label
 from ..method.maps import mean_of_normalised
+from ..method.options import DEFAULT_SURGERY_DEPTH, MapOptions, check_resolution
 from ..method.prompts import background_vocabulary, imagenet_templates, prompt_templates
-from ..method.results import DEFAULT_SURGERY_DEPTH, LabelMaps, MapOptions, MapsResult
+from ..method.results import LabelMaps, MapsResult
+from ..method.table import IMAGENET_TEMPLATES, METHOD_TABLE, SURGERY_TEMPLATES, check_backbone
 from ..precision import autocast
-from . import dense_methods
-from .methods import IMAGENET_TEMPLATES, METHODS, SURGERY_TEMPLATES, check_methods
+from . import last_blocks
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_input
 from .prompt_prefix import PrefixEncoder
-from .resnet import OUTPUT_STRIDE, check_resnet_resolution, encode_resnet_tokens
+from .resnet import OUTPUT_STRIDE, encode_resnet_tokens
 from .text_store import TextFeatureStore
-from .vit import ImageTokens, check_resolution, encode_image_tokens
+from .vit import ImageTokens, encode_image_tokens
 
 calls = logging.getLogger("surgery.calls")  # one line per real model call (tests count them)
 
@@ -77,12 +77,19 @@ class ClipExplainer:
         return self
 
     # --- cached encoders -------------------------------------------------
+    def check_fits(self, options: MapOptions) -> None:
+        """An `InputError` when `options` cannot run on this model: the resolution must be a multiple of
+        its patch size (a ResNet's output stride), every method must have a form for its backbone, and
+        the surgery depth must fit a ViT's blocks (a ResNet's surgery is in its attention pool)."""
+        check_resolution(options.resolution, self.patch_size)
+        check_backbone(options.methods, self.is_resnet)
+        blocks = None if self.is_resnet else len(self.model.visual.transformer.resblocks)
+        if blocks is not None and not 1 <= options.surgery_depth <= blocks:
+            raise InputError(f"Surgery depth must be between 1 and {blocks} for this model.")
+
     def image_tokens(self, image_rgb: np.ndarray, resolution: int,
                      surgery_depth: int = DEFAULT_SURGERY_DEPTH, precision: str = "fp32") -> ImageTokens:
-        if self.is_resnet:
-            check_resnet_resolution(resolution)
-        else:
-            check_resolution(resolution, self.patch_size)
+        """CLIP's and CLIP Surgery's tokens of the image at `resolution` (one that `check_fits` accepts)."""
         precision_scope = autocast(precision, self.device)
         key = (image_key(image_rgb), resolution, None if self.is_resnet else surgery_depth, precision)
 
@@ -104,10 +111,7 @@ class ClipExplainer:
         """(g*g, c) float32 normalised patch tokens of a method that replaces the last block
         (docs/method.md §9). The trunk is computed once per image and resolution for all such methods,
         and not at all at the native grid, where the dual-path forward's `tokens.trunk` is the same."""
-        entry = METHODS[method]
-        if self.is_resnet or not entry.replaces_last_block:
-            raise InputError(f"{entry.title} works on ViT backbones only.")
-        check_resolution(resolution, self.patch_size)
+        last_block = last_blocks.LAST_BLOCKS[method]
         image = image_key(image_rgb)
         visual = self.model.visual
 
@@ -118,14 +122,14 @@ class ClipExplainer:
             calls.info("model call: CLIP image encoder (trunk, bicubic positions) at %d px", resolution)
             pixels = clip_input(image_rgb, resolution, self.mean, self.std, self.device)
             with autocast(precision, self.device):
-                return dense_methods.trunk(visual, pixels)
+                return last_blocks.trunk(visual, pixels)
 
         def compute() -> torch.Tensor:
             h = self._image_cache.get_or_compute((image, resolution, "trunk", precision), trunk)
             calls.info("model call: CLIP last block for %s", method)
             with torch.inference_mode(), autocast(precision, self.device):
-                out = entry.last_block(visual.transformer.resblocks[-1], h, resolution // self.patch_size)
-                return dense_methods.patch_tokens(visual, out)[0].float()
+                out = last_block(visual.transformer.resblocks[-1], h, resolution // self.patch_size)
+                return last_blocks.patch_tokens(visual, out)[0].float()
 
         return self._image_cache.get_or_compute((image, resolution, "dense", method, precision), compute)
 
@@ -165,15 +169,17 @@ class ClipExplainer:
     # --- maps --------------------------------------------------------------
     def compute_maps(self, image_rgb: np.ndarray, labels: tuple[Label, ...] | list[Label],
                      options: MapOptions = MapOptions()) -> MapsResult:
-        """Raw maps of every chosen method for each label (docs/method.md §4, §5, §9)."""
-        if options.redundancy not in feature_surgery.REDUNDANCY_MODES:
-            raise InputError(f"Redundancy must be one of {', '.join(feature_surgery.REDUNDANCY_MODES)}.")
-        methods, points_from = check_methods(options.methods, options.points_from, self.is_resnet)
+        """Raw maps of every method in `options` for each label (docs/method.md §4, §5, §9).
+
+        `options` is trusted: it was checked when it was made (`MapOptions`, `surgery.request`), and
+        against this model by `check_fits`.
+        """
+        methods = options.methods
         timings: dict[str, float] = {}
         start = time.perf_counter()
         tokens = self.image_tokens(image_rgb, options.resolution, options.surgery_depth, options.precision)
         timings["clip_image"] = time.perf_counter() - start
-        dense = [m for m in methods if METHODS[m].replaces_last_block]
+        dense = [m for m in methods if METHOD_TABLE[m].block]
         if dense:
             start = time.perf_counter()
             dense_tokens = {m: self.dense_tokens(image_rgb, options.resolution, m, options.precision, tokens)
@@ -183,69 +189,50 @@ class ClipExplainer:
         start = time.perf_counter()
         plain_texts = [label.text for label in labels if not label.is_combined]
         part_texts = [part for label in labels if label.is_combined for part in label.parts]
-        context = list(dict.fromkeys(plain_texts + part_texts))  # what the labels are contrasted with
+        label_texts = list(dict.fromkeys(plain_texts + part_texts))
+        context = label_texts  # what the labels are contrasted with
         if options.redundancy == "vocab":
             context = list(dict.fromkeys(context + list(background_vocabulary())))
-        if options.redundancy == "labels" and plain_texts and len(context) < 2:
-            raise InputError(
-                "Redundancy 'labels' needs at least two labels (with one it gives a flat map). "
-                "Add a label, or choose 'vocab' or 'empty'."
-            )
         features = self.text_features(context + [""])  # float32 whatever the image encoders ran in
         context_features, empty_feature = features[:-1], features[-1]
         index = {text: i for i, text in enumerate(context)}
-        label_texts = list(dict.fromkeys(plain_texts + part_texts))
         imagenet_features = self.text_features(label_texts, IMAGENET_TEMPLATES) if dense else None
         timings["text"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        surgery_tokens = tokens.surgery_tokens
-        # Combined labels' parts always use empty-prompt redundancy (docs/method.md §5); it is computed
-        # only when a combined label or the `empty` mode needs it, and once when both do.
-        needs_empty = options.redundancy == "empty" or any(label.is_combined for label in labels)
-        parts_maps = (feature_surgery.surgery_with_redundant(surgery_tokens, context_features, empty_feature)
-                      if needs_empty else None)
-        if options.redundancy == "empty":
-            context_maps = parts_maps
-        else:
-            context_maps = feature_surgery.surgery_across_labels(surgery_tokens, context_features)
-        clip_maps = feature_surgery.plain_similarity(tokens.clip_tokens, context_features)
+        grid = tokens.grid
+        similarity = {"clip": feature_surgery.plain_similarity(tokens.clip_tokens, context_features)}
+        if "surgery" in methods:
+            surgery_tokens = tokens.surgery_tokens
+            # Combined labels' parts always use empty-prompt redundancy (docs/method.md §5); it is computed
+            # only when a combined label or the `empty` mode needs it, and once when both do.
+            needs_empty = options.redundancy == "empty" or any(label.is_combined for label in labels)
+            parts_similarity = (feature_surgery.surgery_with_redundant(surgery_tokens, context_features,
+                                                                       empty_feature) if needs_empty else None)
+            similarity["surgery"] = (parts_similarity if options.redundancy == "empty" else
+                                     feature_surgery.surgery_across_labels(surgery_tokens, context_features))
         presence = feature_surgery.presence_probabilities(tokens.clip_tokens[0, 0], context_features,
                                                           self.logit_scale).cpu()
-        grid = tokens.grid
+        label_index = {text: i for i, text in enumerate(label_texts)}
+        dense_similarity = {m: dense_tokens[m] @ imagenet_features.T for m in dense}  # (g*g, labels) cosines
 
-        def grid_maps(similarity: torch.Tensor, texts: tuple[str, ...]) -> np.ndarray:
-            columns = [index[t] for t in texts]
-            return similarity[0, 1:, columns].T.reshape(len(columns), grid, grid).cpu().numpy().astype(np.float32)
-
-        dense_maps = {}  # method -> (g*g, labels) cosine of its patch tokens with the ImageNet-ensemble features
-        if dense:
-            label_index = {text: i for i, text in enumerate(label_texts)}
-            dense_maps = {m: dense_tokens[m] @ imagenet_features.T for m in dense}
-
-        def dense_parts(method: str, texts: tuple[str, ...]) -> np.ndarray:
-            columns = [label_index[t] for t in texts]
-            return dense_maps[method][:, columns].T.reshape(len(columns), grid, grid).cpu().numpy().astype(np.float32)
+        def method_parts(method: str, label: Label) -> np.ndarray:
+            """(P, g, g) raw maps of one method for a label's parts."""
+            if method in dense_similarity:
+                columns = [label_index[t] for t in label.parts]
+                rows = dense_similarity[method][:, columns].T
+            else:
+                source = parts_similarity if method == "surgery" and label.is_combined else similarity[method]
+                columns = [index[t] for t in label.parts]
+                rows = source[0, 1:, columns].T
+            return rows.reshape(len(columns), grid, grid).cpu().numpy().astype(np.float32)
 
         results = []
         for label in labels:
-            clip_parts = grid_maps(clip_maps, label.parts)
-            if label.is_combined:
-                surgery_parts = grid_maps(parts_maps, label.parts)  # empty-prompt redundancy per part
-                surgery_map = mean_of_normalised(surgery_parts)
-                clip_map = mean_of_normalised(clip_parts)
-            else:
-                surgery_parts = grid_maps(context_maps, label.parts)
-                surgery_map, clip_map = surgery_parts[0], clip_parts[0]
+            parts = {m: method_parts(m, label) for m in methods}
+            maps = {m: mean_of_normalised(p) if label.is_combined else p[0] for m, p in parts.items()}
             label_presence = max(float(presence[index[p]]) for p in label.parts)
-            parts = {"clip": clip_parts, "surgery": surgery_parts}
-            parts.update({m: dense_parts(m, label.parts) for m in dense})
-            stored = {"clip": clip_map, "surgery": surgery_map}
-            stored.update({m: mean_of_normalised(parts[m]) if label.is_combined else parts[m][0] for m in dense})
-            results.append(LabelMaps(label, clip_map, surgery_map, surgery_parts, label_presence,
-                                     method_maps={m: stored[m] for m in methods},
-                                     method_parts={m: parts[m] for m in methods}, points_from=points_from))
+            results.append(LabelMaps(label, parts, maps, label_presence, options.points_from))
         timings["surgery"] = time.perf_counter() - start
         height, width = image_rgb.shape[:2]
-        options = replace(options, methods=methods, points_from=points_from)
-        return MapsResult(width, height, grid, options, tuple(results), timings)
+        return MapsResult(width, height, options, tuple(results), timings)

@@ -24,19 +24,9 @@ import torch
 import torch.nn.functional as F
 from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
 
-from ..errors import InputError
-from .vit import MAX_RESOLUTION, MIN_RESOLUTION, ImageTokens, positional_embedding_for_grid
+from .vit import ImageTokens, positional_embedding_for_grid
 
 OUTPUT_STRIDE = 32  # stem (/4) and layer2..4 (/2 each): one token per 32x32 pixels
-
-
-def check_resnet_resolution(resolution: int) -> None:
-    """Raise InputError unless the resolution gives a whole feature grid within the supported range."""
-    if not (MIN_RESOLUTION <= resolution <= MAX_RESOLUTION) or resolution % OUTPUT_STRIDE:
-        raise InputError(
-            f"Resolution {resolution} is not usable for a ResNet CLIP: pick a multiple of {OUTPUT_STRIDE} "
-            f"between {MIN_RESOLUTION} and {MAX_RESOLUTION} (e.g. 224, 288, 448, 512)."
-        )
 
 
 def _backbone(visual: ModifiedResNet, pixels: torch.Tensor) -> torch.Tensor:
@@ -72,9 +62,8 @@ def encode_resnet_tokens(visual: ModifiedResNet, pixels: torch.Tensor) -> ImageT
     `visual` must be in eval mode (as `build_clip` returns it): batch norm in
     training mode would use batch statistics and update the running ones.
     """
-    check_resnet_resolution(pixels.shape[-1])
     if pixels.shape[-2] != pixels.shape[-1]:
-        raise InputError("The ResNet encoder expects square inputs (R x R).")
+        raise ValueError("The ResNet encoder expects square inputs (R x R).")
     pool = visual.attnpool
     heads = pool.num_heads
     features = _backbone(visual, pixels)

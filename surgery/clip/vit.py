@@ -15,12 +15,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 
-from ..errors import InputError
-from ..method.results import DEFAULT_SURGERY_DEPTH
-
-MIN_RESOLUTION = 224
-MAX_RESOLUTION = 1024
-
+from ..method.options import DEFAULT_SURGERY_DEPTH
 
 @dataclass(frozen=True)
 class ImageTokens:
@@ -37,14 +32,6 @@ class ImageTokens:
     # positional embedding is not resized, so it is also the trunk of the methods that replace the last
     # block (surgery.clip.dense_methods), which then need no second pass.
     trunk: torch.Tensor | None = None
-
-
-def check_resolution(resolution: int, patch_size: int) -> None:
-    if not (MIN_RESOLUTION <= resolution <= MAX_RESOLUTION) or resolution % patch_size:
-        raise InputError(
-            f"Resolution {resolution} is not usable: pick a multiple of the patch size {patch_size} "
-            f"between {MIN_RESOLUTION} and {MAX_RESOLUTION} (e.g. 224, 336, 448, 512)."
-        )
 
 
 def positional_embedding_for_grid(positional_embedding: torch.Tensor, grid: int) -> torch.Tensor:
@@ -102,9 +89,6 @@ def encode_image_tokens(
 ) -> ImageTokens:
     """Both token streams from one pass over `pixels` (B, 3, R, R)."""
     blocks = visual.transformer.resblocks
-    if not 1 <= surgery_depth <= len(blocks):
-        raise InputError(f"Surgery depth must be between 1 and {len(blocks)} for this model.")
-    check_resolution(pixels.shape[-1], visual.conv1.kernel_size[0])
     x = _patch_embeddings(visual, pixels)
     first_dual = len(blocks) - surgery_depth
     for block in blocks[:first_dual]:

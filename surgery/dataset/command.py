@@ -18,18 +18,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..command_options import EXIT_OK, EXIT_SOME_FAILED, positive_int
 from ..errors import InputError, UserError
 from .report import write_report
 from .settings import CalibrationSettings, checkpoint_digest, options_hash
 from .single import ImageJob, is_done, one_line
 from .summary import build_summary, read_image_values
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a whole number of at least 1")
-    return value
 
 
 def add_calibrate_arguments(calibrate: argparse.ArgumentParser) -> None:
@@ -62,16 +56,15 @@ def folder_jobs(folder: Path) -> list[ImageJob]:
     return [ImageJob(str(path), unique_stem(path, used)) for path in images]
 
 
-def resolve_settings(args: argparse.Namespace, device: str, precision: str) -> CalibrationSettings:
-    """The run's settings: labels parsed, methods checked, checkpoints located (downloaded once, here,
-    before any worker starts) and digested."""
-    from ..clip.methods import check_methods
+def resolve_settings(args: argparse.Namespace, device: str, precision_device) -> CalibrationSettings:
+    """The run's settings: the explanation request built and checked once (`request_from_args`; the
+    precision for `precision_device`, None where only the workers know their device), checkpoints located
+    (downloaded once, here, before any worker starts) and digested."""
+    from ..command_options import request_from_args
     from ..hub.registry import default_sam_model
     from ..hub.sources import resolve_clip, resolve_sam
-    from ..method.labels import parse_labels
 
-    parsed = parse_labels(args.labels)
-    methods, points_from = check_methods(args.methods, args.points_from)
+    request = request_from_args(args, precision_device)
     clip_source = resolve_clip(args.model, args.clip_checkpoint)
     clip_weights = checkpoint_digest(clip_source.weights_path())
     sam_model = sam_checkpoint = sam_weights = None
@@ -81,33 +74,28 @@ def resolve_settings(args: argparse.Namespace, device: str, precision: str) -> C
         sam_weights = checkpoint_digest(sam_source.weights_path())
         sam_checkpoint = None if args.sam_checkpoint is None else str(args.sam_checkpoint)
     return CalibrationSettings(
-        labels=args.labels, label_texts=tuple(label.text for label in parsed.labels), model=args.model,
-        model_name=clip_source.display_name,
+        request=request, labels=args.labels, model=args.model, model_name=clip_source.display_name,
         clip_checkpoint=None if args.clip_checkpoint is None else str(args.clip_checkpoint),
         clip_weights=clip_weights, sam_model=sam_model, sam_checkpoint=sam_checkpoint, sam_weights=sam_weights,
-        resolution=args.resolution, redundancy=args.redundancy, methods=tuple(methods), points_from=points_from,
-        threshold=args.threshold, precision=precision, device=device, instances=args.instances,
-        positive_only=args.positive_only, max_side=args.max_side, coco=args.format == "coco")
+        device=device, max_side=args.max_side, coco=args.format == "coco",
+        precision_checked_on_load=precision_device is None)
 
 
-def _local_device(args: argparse.Namespace) -> tuple[str, str]:
+def _run_device(args: argparse.Namespace, plan) -> tuple[str, object]:
+    """Where the run's models are: the device string, and the device its precision is resolved for here
+    (None on a Ray cluster's GPUs, which only the actors see: each checks its own when it loads)."""
     from ..device import resolve_device
-    from ..precision import check_precision, default_precision
 
-    device = resolve_device(args.device)
-    return str(device), check_precision(args.precision or default_precision(device), device)
-
-
-def _ray_device(args: argparse.Namespace, plan) -> tuple[str, str]:
-    """The device and precision of the actors: the plan's device; bf16 on GPUs unless asked otherwise
-    (each actor checks its own GPU when it loads)."""
-    from ..precision import check_precision
-
+    if plan is None:
+        device = resolve_device(args.device)
+        return str(device), device
     if plan.device == "cuda":
-        return "cuda", args.precision or "bf16"
+        if args.precision is None:
+            args.precision = "bf16"  # the GPU default; an actor whose GPU lacks it says so
+        return "cuda", None
     if str(args.device).strip().lower().startswith("cuda"):
         raise InputError("--device cuda with --ray needs GPUs in the Ray cluster; it has none.")
-    return "cpu", check_precision(args.precision or "fp32", "cpu")
+    return "cpu", "cpu"
 
 
 _FLAT_LIST = re.compile(r"\[\s*((?:-?[0-9][-0-9.eE+]*|true|false|null)(?:,\s*(?:-?[0-9][-0-9.eE+]*|true|false|null))*)\s*\]")
@@ -122,24 +110,20 @@ def write_json(path: Path, content: dict) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """The whole command; raises `UserError` (one line) for bad options, input or a failed runner."""
-    from ..method.labels import parse_labels
     from . import runners
 
-    for note in parse_labels(args.labels).notes:
-        print(f"note: {note}", file=sys.stderr)
     jobs = folder_jobs(args.folder)
     ray_connected = False
     try:
         if args.ray is not None:
             ray, ray_connected = runners.connect_ray(args.ray)
             plan = runners.plan_actors(ray.cluster_resources(), args.device, len(jobs), args.workers)
-            device, precision = _ray_device(args, plan)
             runner, workers = "ray", plan.actors
         else:
-            device, precision = _local_device(args)
+            plan = None
             workers = args.workers or 1
             runner = "processes" if workers > 1 else "serial"
-        settings = resolve_settings(args, device, precision)
+        settings = resolve_settings(args, *_run_device(args, plan))
         digest = options_hash(settings)
         out: Path = args.out
         out.mkdir(parents=True, exist_ok=True)
@@ -203,4 +187,4 @@ def run_calibrate(args: argparse.Namespace) -> int:
               + ("" if rate is None else f" ({100 * rate:.0f} %)"))
     if summary.get("suggested_threshold_note"):
         print(f"note: {summary['suggested_threshold_note']}", file=sys.stderr)
-    return 2 if failed else 0
+    return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -1,8 +1,8 @@
 """report.html: a calibration run's summary as one self-contained page that opens offline.
 
 Pooled histograms (inline SVG) with the suggested threshold marked, found rates per label, and a
-contact sheet: one row (`tr.image-row`) per image of the folder, per label its CLIP and CLIP Surgery
-overlays and its SAM mask as inline JPEG thumbnails (data: URIs). A label not found at the suggested
+contact sheet: one row (`tr.image-row`) per image of the folder, per label its overlay of each computed
+map and its SAM mask as inline JPEG thumbnails (data: URIs). A label not found at the suggested
 threshold is marked (`td.not-found`, red, "not found"); an image that failed gets its row with the reason
 (`data-status="failed"`). Labels, file names and reasons are untrusted text and are always escaped.
 """
@@ -17,7 +17,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..method.table import method_title
 from ..output.files import label_slug, map_overlay_name
+from ..output.histogram import format_value, histogram_of, histogram_svg
 
 THUMB_SIDE = 120
 MAX_ROWS = 1000  # beyond this the page would weigh hundreds of MB; summary.json lists every image
@@ -26,10 +28,7 @@ CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
 .hist { display: inline-block; margin: 0 1.5em 1em 0; vertical-align: top; }
-.hist svg { background: #fff; border: 1px solid #ccc; }
-.hist .bar { fill: #999; } .hist .suggested { stroke: #0072b2; stroke-width: 2; stroke-dasharray: 5 3; }
-.hist .threshold { stroke: #d55e00; stroke-width: 2; } .hist text { font-size: 11px; fill: #333; }
-.hist text.suggested-label { fill: #0072b2; font-weight: 600; }
+.hist svg { background: #fff; border: 1px solid #ccc; color: #333; width: 380px; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ddd; padding: 4px; vertical-align: top; }
 th.file { text-align: left; max-width: 14em; word-break: break-all; font-weight: normal; }
 td.label-cell figure { display: inline-block; margin: 0 2px; text-align: center; }
@@ -60,60 +59,16 @@ def thumbnail_uri(path: Path, side: int = THUMB_SIDE) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def histogram_svg(counts: list[int], edges: list[float], suggested: float | None, threshold: float | None,
-                  title: str, width: int = 380, height: int = 150) -> str:
-    """An inline SVG of one label's pooled histogram: bars, min/max under the axis, the suggested
-    threshold dashed (blue) and the run's own threshold solid (orange), each at the nearer edge when
-    outside the values' range."""
-    left, right, top, bottom = 8, width - 8, 40, height - 20
-    low, high = edges[0], edges[-1]
-    peak = max(max(counts, default=0), 1)
-    span = (right - left) / max(len(counts), 1)
-
-    def x_of(value: float) -> float:
-        if high <= low:
-            return (left + right) / 2
-        return left + min(1.0, max(0.0, (value - low) / (high - low))) * (right - left)
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" role="img" '
-             f'aria-label="{escape(title)}">',
-             f'<text x="{left}" y="12">{escape(title)}</text>']
-    for i, count in enumerate(counts):
-        if count:
-            bar = (bottom - top) * count / peak
-            parts.append(f'<rect class="bar" x="{left + i * span:.2f}" y="{bottom - bar:.2f}" '
-                         f'width="{max(span - 0.5, 0.5):.2f}" height="{bar:.2f}"/>')
-    parts.append(f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#333"/>')
-    parts.append(f'<text x="{left}" y="{height - 5}">{_fmt(low)}</text>')
-    parts.append(f'<text x="{right}" y="{height - 5}" text-anchor="end">{_fmt(high)}</text>')
-    for value, css, name, row in ((threshold, "threshold", "threshold", 0), (suggested, "suggested", "suggested", 1)):
-        if value is None:
-            continue
-        x = x_of(value)
-        anchor = "start" if x < (left + right) / 2 else "end"
-        shift = 4 if anchor == "start" else -4
-        parts.append(f'<line class="{css}" x1="{x:.2f}" y1="{14 + 12 * row}" x2="{x:.2f}" y2="{bottom}"/>')
-        parts.append(f'<text class="{css}-label" x="{x + shift:.2f}" y="{23 + 12 * row}" '
-                     f'text-anchor="{anchor}">{name} {_fmt(value)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 def _figure(uri: str | None, caption: str) -> str:
     picture = (f'<img src="{uri}" alt="{escape(caption)}">' if uri
                else f'<div class="empty-thumb">no {escape(caption.lower())}</div>')
     return f"<figure>{picture}<figcaption>{escape(caption)}</figcaption></figure>"
 
 
-def _label_cell(directory: Path, label: str, found: bool) -> str:
-    figures = [_figure(thumbnail_uri(directory / map_overlay_name("clip", label)), "CLIP"),
-               _figure(thumbnail_uri(directory / map_overlay_name("surgery", label)), "CLIP Surgery"),
-               _figure(thumbnail_uri(directory / f"sam_{label_slug(label)}.png"), "Mask")]
+def _label_cell(directory: Path, label: str, found: bool, methods: list[str]) -> str:
+    figures = [_figure(thumbnail_uri(directory / map_overlay_name(method, label)), method_title(method))
+               for method in methods]
+    figures.append(_figure(thumbnail_uri(directory / f"sam_{label_slug(label)}.png"), "Mask"))
     badge = "" if found else '<span class="badge">not found</span>'
     state = "found" if found else "not-found"
     return (f'<td class="label-cell {state}" data-label="{escape(label)}">{badge}{"".join(figures)}</td>')
@@ -133,7 +88,7 @@ def contact_sheet_rows(summary: dict, out: Path, max_rows: int = MAX_ROWS) -> li
                         f'failed: {escape(entry["reason"])}</td></tr>')
             continue
         missing = not all(entry["found"])
-        cells = "".join(_label_cell(out / entry["folder"], label, found)
+        cells = "".join(_label_cell(out / entry["folder"], label, found, summary["options"]["methods"])
                         for label, found in zip(labels, entry["found"]))
         html.append(f'<tr class="image-row" data-status="{"missing" if missing else "found"}" '
                     f'data-file="{escape(file)}"><th class="file">{escape(file)}</th>{cells}</tr>')
@@ -168,14 +123,17 @@ def report_html(summary: dict, out: Path, max_rows: int = MAX_ROWS) -> str:
     rates.append("</table>")
     histograms = ["<h2>Pooled raw values per label</h2>"]
     for record in labels:
-        histograms.append('<div class="hist">' + histogram_svg(
-            record["histogram"]["counts"], record["histogram"]["edges"], suggested, threshold,
-            f"{record['label']} · {record['values']} values") + "</div>")
+        pooled = histogram_of(counts=record["histogram"]["counts"], edges=record["histogram"]["edges"],
+                              threshold=threshold, suggested=suggested)
+        caption = f"{record['label']} · {record['values']} values"
+        histograms.append(f'<div class="hist"><div>{escape(caption)}</div>'
+                          + histogram_svg(pooled, description=caption, width=380, height=150, font_px=11,
+                                          bar_titles="{count} values from {start} to {stop}") + "</div>")
     rows = contact_sheet_rows(summary, out, max_rows)
     total = summary["images"]
     sheet = ["<h2>Contact sheet</h2>",
              "<p>One row per image. Overlays are drawn at the run's own threshold "
-             f"({'off' if threshold is None else escape(_fmt(threshold))}); the red cells are labels not found at "
+             f"({'off' if threshold is None else escape(format_value(threshold))}); the red cells are labels not found at "
              "the suggested threshold.</p>"]
     if total > len(rows):
         sheet.append(f'<p class="note">The first {len(rows)} of {total} images; summary.json lists every image.</p>')

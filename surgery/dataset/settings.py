@@ -10,24 +10,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..method.results import MapOptions
-from ..method.views import PointOptions
+from ..request import ExplainRequest
 
 
 @dataclass(frozen=True)
 class CalibrationSettings:
-    """One calibration run's resolved options.
+    """One calibration run's resolved options: the explanation request every image gets (checked once,
+    by the command), and the models and output options.
 
-    `sam_model` is None when SAM is off. `device` is a torch device string ("cpu", "cuda", "cuda:1");
-    `precision` is already resolved for it. `clip_weights` / `sam_weights` are the checkpoint files'
-    SHA-256 prefixes (their identity), `model_name` the name outputs give the CLIP model.
+    `labels` is the label text as typed. `sam_model` is None when SAM is off. `device` is a torch device
+    string ("cpu", "cuda", "cuda:1"); the request's precision is resolved for it (by each actor, on a Ray
+    cluster's GPUs, which the command does not see). `clip_weights` /
+    `sam_weights` are the checkpoint files' SHA-256 prefixes (their identity), `model_name` the name
+    outputs give the CLIP model.
     """
 
+    request: ExplainRequest
     labels: str
-    label_texts: tuple[str, ...]
     model: str
     model_name: str
     clip_checkpoint: str | None
@@ -35,33 +37,28 @@ class CalibrationSettings:
     sam_model: str | None
     sam_checkpoint: str | None
     sam_weights: str | None
-    resolution: int
-    redundancy: str
-    methods: tuple[str, ...]
-    points_from: str
-    threshold: float | None
-    precision: str
     device: str
-    instances: bool
-    positive_only: bool
     max_side: int
     coco: bool
+    precision_checked_on_load: bool = False  # Ray GPU actors check the request's precision on their GPU
 
     @property
-    def map_options(self) -> MapOptions:
-        return MapOptions(resolution=self.resolution, redundancy=self.redundancy, precision=self.precision,
-                          methods=self.methods, points_from=self.points_from)
-
-    @property
-    def point_options(self) -> PointOptions:
-        return PointOptions(self.instances, self.positive_only)
+    def label_texts(self) -> tuple[str, ...]:
+        return self.request.label_texts
 
     def options_record(self) -> dict:
         """The options as JSON-ready values (what summary.json lists under `options`)."""
-        record = asdict(self)
-        record["label_texts"] = list(self.label_texts)
-        record["methods"] = list(self.methods)
-        return record
+        request = self.request
+        return {
+            "labels": self.labels, "label_texts": list(request.label_texts), "model": self.model,
+            "model_name": self.model_name, "clip_checkpoint": self.clip_checkpoint, "clip_weights": self.clip_weights,
+            "sam_model": self.sam_model, "sam_checkpoint": self.sam_checkpoint, "sam_weights": self.sam_weights,
+            "resolution": request.maps.resolution, "redundancy": request.maps.redundancy,
+            "methods": list(request.maps.methods), "points_from": request.maps.points_from,
+            "threshold": request.threshold, "precision": request.maps.precision, "device": self.device,
+            "instances": request.points.instances, "positive_only": request.points.positive_only,
+            "max_side": self.max_side, "coco": self.coco,
+        }
 
 
 HASHED_FIELDS = ("label_texts", "clip_weights", "model_name", "sam_weights", "sam_model", "resolution",
@@ -76,9 +73,8 @@ def options_hash(settings: CalibrationSettings) -> str:
     the same weights give slightly different floats there). The labels enter as parsed, so
     "a,b" and "a, b" share a hash.
     """
-    record = {name: getattr(settings, name) for name in HASHED_FIELDS}
-    record["label_texts"] = list(settings.label_texts)
-    record["methods"] = list(settings.methods)
+    options = settings.options_record()
+    record = {name: options[name] for name in HASHED_FIELDS}
     record["device_kind"] = settings.device.split(":")[0]
     text = json.dumps(record, sort_keys=True, ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]

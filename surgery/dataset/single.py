@@ -26,12 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..method.labels import Label, parse_labels
 from .settings import CalibrationSettings
 
 MARKER = "calibration.json"
 RAW_VALUES = "calibration.npz"
-_OUTPUT_SUFFIXES = (".png", ".npz", ".json")
 
 
 @dataclass(frozen=True)
@@ -62,26 +60,28 @@ class LoadedModels:
 
     explainer: object
     segmenter: object | None
-    labels: tuple[Label, ...]
 
 
 def load_models(settings: CalibrationSettings) -> LoadedModels:
-    """CLIP (and SAM unless off) on `settings.device`, checked against the options (resolution, methods):
-    a `UserError` here is a bad option, reported once by the command."""
-    from ..clip.methods import check_methods
+    """CLIP (and SAM unless off) on `settings.device`, checked against the request (resolution, methods,
+    and on a Ray GPU actor the precision, which only the actor can check): a `UserError` here is a bad
+    option, reported once by the command."""
     from ..clip.text_store import default_text_cache_dir
-    from ..clip.vit import check_resolution
     from ..loading import load_clip, load_segmenter
+    from ..precision import resolve_precision
 
+    request = settings.request
+    if settings.precision_checked_on_load:  # a Ray GPU actor: the command could not see this GPU
+        resolve_precision(request.maps.precision, settings.device)
+    precision = request.maps.precision
     explainer = load_clip(settings.model, settings.clip_checkpoint, text_cache_dir=default_text_cache_dir(),
                           device=settings.device)
-    check_resolution(settings.resolution, explainer.patch_size)
-    check_methods(settings.methods, settings.points_from, explainer.is_resnet)
+    explainer.check_fits(request.maps)
     segmenter = None
     if settings.sam_model is not None:
-        segmenter = load_segmenter(settings.sam_model, settings.sam_checkpoint, precision=settings.precision,
+        segmenter = load_segmenter(settings.sam_model, settings.sam_checkpoint, precision=precision,
                                    device=settings.device)
-    return LoadedModels(explainer, segmenter, tuple(parse_labels(settings.labels).labels))
+    return LoadedModels(explainer, segmenter)
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -121,15 +121,9 @@ def read_raw_values(directory: Path, label_count: int) -> list[np.ndarray]:
         return [data[f"label_{k}"] for k in range(label_count)]
 
 
-def _clear_previous(directory: Path) -> None:
-    """Remove an earlier calibration's output files (only in a folder this command wrote), so no stale
-    mask or overlay of other options survives next to the new ones."""
-    if read_marker(directory) is None:
-        return
+def _clear_marker(directory: Path) -> None:
+    """Mark a folder incomplete before its files are rewritten (`write_files` replaces the outputs)."""
     (directory / MARKER).unlink(missing_ok=True)
-    for path in directory.iterdir():
-        if path.is_file() and path.suffix in _OUTPUT_SUFFIXES:
-            path.unlink()
 
 
 def _write_marker(directory: Path, record: dict) -> None:
@@ -144,21 +138,19 @@ def explain_one(job: ImageJob, models: LoadedModels, settings: CalibrationSettin
     """Explain one image as `explain` does and write its folder `out / job.stem`, its raw point values and,
     last, its marker with `digest` (the options hash). Never raises for a bad image: returns the reason."""
     from ..memory import release_freed_memory
-    from ..output.files import write_outputs
+    from ..output.files import write_files
     from ..pipeline import explain_file
 
     start = time.perf_counter()
     path = Path(job.path)
     source = source_identity(path)  # before reading: a file changed meanwhile is redone next time
     try:
-        done = explain_file(path, models.explainer, models.segmenter, models.labels, settings.map_options,
-                            settings.threshold, settings.point_options,
-                            label_notes=parse_labels(settings.labels).notes, max_side=settings.max_side,
-                            coco=settings.coco)
+        done = explain_file(path, models.explainer, models.segmenter, settings.request,
+                            max_side=settings.max_side, coco=settings.coco)
         directory = Path(out) / job.stem
         if directory.is_dir():
-            _clear_previous(directory)
-        write_outputs(directory, done.files)
+            _clear_marker(directory)
+        write_files(directory, done.files)
         raw = {f"label_{k}": np.asarray(view.maps.point_parts, dtype=np.float32)
                for k, view in enumerate(done.explanation.labels)}
         np.savez_compressed(directory / RAW_VALUES, **raw)

@@ -12,10 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..method.labels import Label, parse_labels
-from ..method.results import LabelMaps
 from ..method.threshold import THRESHOLD_LIMIT, otsu_threshold
-from ..method.views import PointOptions, view_label
+from ..method.views import label_points
 from .settings import CalibrationSettings
 from .single import ImageJob, read_marker, read_raw_values
 
@@ -31,16 +29,6 @@ class ImageValues:
     width: int
     height: int
     parts: tuple[np.ndarray, ...]  # per label, (P, g, g) raw
-
-
-def label_found(label: Label, parts: np.ndarray, width: int, height: int, threshold: float | None,
-                point_options: PointOptions, points_from: str) -> bool:
-    """Whether a label counts as found at `threshold`: the engine's own rule (`view_label`: some value
-    reaches the threshold and points remain for SAM), applied to the stored raw parts."""
-    parts = np.asarray(parts, dtype=np.float32)
-    maps = LabelMaps(label=label, clip_map=parts[0], surgery_map=parts[0], surgery_parts=parts, presence=0.0,
-                     method_parts={points_from: parts}, points_from=points_from)
-    return view_label(maps, width, height, threshold, point_options).found
 
 
 def read_image_values(jobs: Sequence[ImageJob], out: Path, label_count: int) -> tuple[list[ImageValues], dict]:
@@ -77,7 +65,7 @@ def build_summary(settings: CalibrationSettings, image_count: int, images: Seque
     `suggested_threshold`: `otsu_threshold` (the page's function and bins) of all labels' pooled
     values; `found_rate`: the share of explained images where the label is found at that threshold.
     """
-    labels = parse_labels(settings.labels).labels
+    labels = settings.request.labels
     pooled = [np.concatenate([image.parts[k].reshape(-1) for image in images]) if images
               else np.zeros(0, np.float32) for k in range(len(labels))]
     everything = np.concatenate(pooled) if pooled else np.zeros(0, np.float32)
@@ -88,8 +76,9 @@ def build_summary(settings: CalibrationSettings, image_count: int, images: Seque
                                        range=(low, high) if high > low else None)
     else:
         edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
-    found = [[label_found(label, image.parts[k], image.width, image.height, suggested, settings.point_options,
-                          settings.points_from) for k, label in enumerate(labels)] for image in images]
+    points = settings.request.points
+    found = [[label_points(label, image.parts[k], image.width, image.height, suggested, points)[0]
+              for k, label in enumerate(labels)] for image in images]
     label_records = []
     for k, label in enumerate(labels):
         counts, _ = np.histogram(pooled[k].astype(np.float64), bins=edges)
@@ -107,7 +96,7 @@ def build_summary(settings: CalibrationSettings, image_count: int, images: Seque
         "explained": len(images),
         "failed": [{"file": file, "reason": reason} for file, reason in sorted(failed.items())],
         "suggested_threshold": suggested,
-        "points_from": settings.points_from,
+        "points_from": settings.request.maps.points_from,
         "labels": label_records,
         "results": [{"file": image.file, "folder": image.stem, "found": row} for image, row in zip(images, found)],
         "options": {**settings.options_record(), "options_hash": digest},

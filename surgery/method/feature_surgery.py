@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import torch
 
-REDUNDANCY_MODES = ("vocab", "labels", "empty")
-
 
 def plain_similarity(image_tokens: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
     """Cosine similarity, the 'CLIP' map."""

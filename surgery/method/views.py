@@ -12,21 +12,11 @@ from typing import Callable
 
 import numpy as np
 
-from .results import LabelMaps, MapsResult, MaskPrediction
+from .labels import Label
 from .maps import is_found, mean_of_normalised, normalise_map
+from .options import PointOptions
+from .results import LabelMaps, MapsResult, MaskPrediction
 from .points import NO_POINTS, combined_points, instance_points, points_for_sam
-
-
-@dataclass(frozen=True)
-class PointOptions:
-    """How points are made from a map.
-
-    `instances`: split a plain label's strong region into connected regions, one SAM
-    call each (two birds, two masks). `positive_only`: send SAM no negative points.
-    """
-
-    instances: bool = False
-    positive_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,7 +29,7 @@ class InstanceView:
 class LabelView:
     """One label under one threshold: display maps in [0, 1] on the grid, points, mask(s).
 
-    `displays` holds each chosen method's display map; the threshold shapes only the map
+    `displays` holds each computed method's display map, by key; the threshold shapes only the map
     the points come from, the others are min-max stretched. `choice` overrides which of
     SAM's three candidates is shown (None: the best score). With the instances option,
     `instances` holds one entry per region and `points` is their union.
@@ -48,12 +38,10 @@ class LabelView:
     maps: LabelMaps
     found: bool
     points: np.ndarray
-    clip_display: np.ndarray
-    surgery_display: np.ndarray
+    displays: dict[str, np.ndarray]
     mask: MaskPrediction | None = None
     instances: tuple[InstanceView, ...] = ()
     choice: int | None = None
-    displays: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -94,46 +82,46 @@ def _positives_only(points: np.ndarray) -> np.ndarray:
     return points[points[:, 2] == 1]
 
 
+def display_map(raw_parts: np.ndarray, threshold: float | None) -> np.ndarray:
+    """A map in [0, 1] for display from its raw (P, g, g) parts: normalised at `threshold` (None: min-max);
+    for `a+b` the mean of the parts' normalised maps."""
+    if len(raw_parts) > 1:
+        return mean_of_normalised(raw_parts, threshold)
+    return normalise_map(raw_parts[0], threshold)
+
+
+def label_points(label: Label, raw_parts: np.ndarray, width: int, height: int, threshold: float | None,
+                 options: PointOptions = PointOptions()) -> tuple[bool, np.ndarray, tuple[InstanceView, ...]]:
+    """Found or not, SAM's points and (with the instances option) the regions, from the raw (P, g, g) parts
+    of the map the points come from. A label is found when some value reaches the threshold and points
+    remain for SAM."""
+    found = any(is_found(part, threshold) for part in raw_parts)
+    instances: tuple[InstanceView, ...] = ()
+    if label.is_combined:
+        points = combined_points(raw_parts, width, height, threshold) if found else NO_POINTS.copy()
+    elif found and options.instances:
+        regions = instance_points(raw_parts[0], width, height, threshold)
+        if options.positive_only:
+            regions = [_positives_only(region) for region in regions]
+        instances = tuple(InstanceView(region) for region in regions)
+        points = np.concatenate(regions) if regions else NO_POINTS.copy()
+    else:
+        points = points_for_sam(raw_parts[0], width, height, threshold) if found else NO_POINTS.copy()
+    if options.positive_only:
+        points = _positives_only(points)
+    found = found and len(points) > 0
+    return found, points, instances if found else ()
+
+
 def view_label(label_maps: LabelMaps, width: int, height: int, threshold: float | None,
                options: PointOptions = PointOptions()) -> LabelView:
     """Threshold, display maps and SAM points for one label (no model involved); the threshold, found /
     not found and the points come from the `points_from` method's raw map."""
-    parts = label_maps.point_parts
-    found = any(is_found(part, threshold) for part in parts)
-    instances: tuple[InstanceView, ...] = ()
-
-    def display(method_parts: np.ndarray, applies: bool) -> np.ndarray:
-        cut = threshold if applies else None
-        if label_maps.label.is_combined:
-            return mean_of_normalised(method_parts, cut)
-        return normalise_map(method_parts[0], cut)
-
-    displays = {method: display(method_parts, method == label_maps.points_from)
-                for method, method_parts in label_maps.method_parts.items() if method != "clip"}
-    clip_display = (display(label_maps.method_parts["clip"], True) if label_maps.points_from == "clip"
-                    else normalise_map(label_maps.clip_map))  # the reference's CLIP map: always stretched
-    displays["clip"] = clip_display
-    surgery_display = displays.get("surgery")
-    if surgery_display is None:
-        surgery_display = display(label_maps.surgery_parts, label_maps.points_from == "surgery")
-    if label_maps.label.is_combined:
-        points = combined_points(parts, width, height, threshold) if found else NO_POINTS.copy()
-    else:
-        if found and options.instances:
-            regions = instance_points(parts[0], width, height, threshold)
-            if options.positive_only:
-                regions = [_positives_only(region) for region in regions]
-            instances = tuple(InstanceView(region) for region in regions)
-            points = np.concatenate(regions) if regions else NO_POINTS.copy()
-        else:
-            points = points_for_sam(parts[0], width, height, threshold) if found else NO_POINTS.copy()
-    if options.positive_only:
-        points = _positives_only(points)
-    found = found and len(points) > 0
-    displays = {method: displays[method] for method in label_maps.method_parts or ("clip", "surgery")
-                if method in displays}
-    return LabelView(label_maps, found, points, clip_display, surgery_display,
-                     instances=instances if found else (), displays=displays)
+    found, points, instances = label_points(label_maps.label, label_maps.point_parts, width, height, threshold,
+                                            options)
+    displays = {method: display_map(method_parts, threshold if method == label_maps.points_from else None)
+                for method, method_parts in label_maps.parts.items()}
+    return LabelView(label_maps, found, points, displays, instances=instances)
 
 
 def apply_threshold(maps: MapsResult, threshold: float | None,

@@ -18,7 +18,7 @@ from typing import Callable, Hashable
 import numpy as np
 
 from ..method.maps import resize_map
-from ..method.results import METHOD_TITLES
+from ..method.table import METHOD_TABLE, method_title
 from ..method.views import Explanation, LabelView
 from . import coco
 from .drawing import draw_mask, draw_masks_legend, draw_points, heat_overlay, palette
@@ -54,7 +54,7 @@ def map_overlay_name(method: str, label: str) -> str:
     return f"{method}_{label_slug(label)}.png"
 
 
-def overlay_names(label: str, methods: tuple[str, ...] = ("clip", "surgery")) -> tuple[str, ...]:
+def overlay_names(label: str, methods: tuple[str, ...]) -> tuple[str, ...]:
     """File names of a label's heatmap overlays (one per method) and its points overlay (what the
     page's cards show besides the mask)."""
     return (*(map_overlay_name(method, label) for method in methods), f"points_{label_slug(label)}.png")
@@ -129,20 +129,13 @@ def result_json(explanation: Explanation, *, model: str, sam_model: str | None,
 def maps_arrays(explanation: Explanation, with_masks: bool) -> dict[str, np.ndarray]:
     """One raw (K, g, g) float32 array per method computed, named after it; `masks` (K, H, W) with SAM."""
     maps = explanation.maps
-    arrays = {method: np.stack([method_map(lm, method) for lm in maps.labels]).astype(np.float32)
+    arrays = {method: np.stack([lm.maps[method] for lm in maps.labels]).astype(np.float32)
               for method in maps.options.methods}
     if with_masks:
         empty = np.zeros((maps.height, maps.width), dtype=bool)
         arrays["masks"] = np.stack([v.chosen_mask if v.chosen_mask is not None else empty
                                     for v in explanation.labels])
     return arrays
-
-
-def method_map(label_maps, method: str) -> np.ndarray:
-    """The map maps.npz stores for a method (raw; for `a+b` the mean of the parts' min-max maps)."""
-    if method in label_maps.method_maps:
-        return label_maps.method_maps[method]
-    return {"clip": label_maps.clip_map, "surgery": label_maps.surgery_map}[method]
 
 
 Drawing = tuple[str, Hashable, Callable[[], np.ndarray]]
@@ -167,7 +160,7 @@ def overlay_drawings(image_rgb: np.ndarray, explanation: Explanation, with_masks
     for view in explanation.labels:
         *map_names, points_name = overlay_names(view.text, methods)
         for method, name in zip(methods, map_names):
-            drawings.append((name, *heat(display_map(view, method))))
+            drawings.append((name, *heat(view.displays[method])))
         drawings.append((points_name, ("points", _digest(view.points)),
                          functools.partial(draw_points, image_rgb, view.points)))
     if with_masks:
@@ -188,13 +181,6 @@ def overlay_drawings(image_rgb: np.ndarray, explanation: Explanation, with_masks
         legend_key = ("legend", tuple(names), tuple(None if m is None else _digest(m) for m in masks))
         drawings.append(("masks.png", legend_key, functools.partial(draw_masks_legend, image_rgb, masks, names)))
     return drawings
-
-
-def display_map(view: LabelView, method: str) -> np.ndarray:
-    """A method's display map in [0, 1] on the grid for one label."""
-    if method in view.displays:
-        return view.displays[method]
-    return {"clip": view.clip_display, "surgery": view.surgery_display}[method]
 
 
 def overlay_images(image_rgb: np.ndarray, explanation: Explanation, with_masks: bool) -> dict[str, np.ndarray]:
@@ -249,7 +235,7 @@ def output_files(image_rgb: np.ndarray, explanation: Explanation, result: dict, 
 def histogram_drawings(explanation: Explanation) -> list[Drawing]:
     """(file name, key, draw) of each label's histogram of the raw values its points come from, threshold
     marked."""
-    title = METHOD_TITLES.get(explanation.maps.options.points_from, explanation.maps.options.points_from)
+    title = method_title(explanation.maps.options.points_from)
     return [(f"hist_{label_slug(view.text)}.png", ("hist", _digest(view.maps.point_parts), explanation.threshold),
              functools.partial(histogram_image, view.maps.point_parts, explanation.threshold,
                                title=f"raw {title} · {view.text}"))
@@ -266,8 +252,35 @@ def overlay_pngs(image_rgb: np.ndarray, explanation: Explanation, with_masks: bo
     return {name: memo.png(key, draw) for name, key, draw in drawings}
 
 
-def write_outputs(directory: Path, files: dict[str, bytes]) -> None:
+def explanation_files(image_rgb: np.ndarray, explanation: Explanation, *, model: str, sam_model: str | None,
+                      notes: tuple[str, ...] | list[str] = (), source_size: tuple[int, int] | None = None,
+                      coco_file_name: str | None = None, memo: PngMemo | None = None) -> tuple[dict, dict[str, bytes]]:
+    """result.json's content and every output file of one explanation (the one recipe the CLI, calibrate,
+    the public API and the app's downloads share). Masks are included when `sam_model` names the SAM
+    whose masks `explanation` holds; `coco_file_name` adds coco.json for that image file."""
+    result = result_json(explanation, model=model, sam_model=sam_model, notes=notes, source_size=source_size)
+    files = output_files(image_rgb, explanation, result, with_masks=sam_model is not None,
+                         coco_file_name=coco_file_name, memo=memo)
+    return result, files
+
+
+def _output_name_pattern() -> re.Pattern:
+    kinds = "|".join(re.escape(kind) for kind in (*METHOD_TABLE, "points", "sam", "mask", "hist"))
+    return re.compile(rf"(result\.json|maps\.npz|coco\.json|masks\.png|({kinds})_.+\.png)")
+
+
+OUTPUT_NAME = _output_name_pattern()  # every name `output_files` can give a file
+
+
+def write_files(directory: Path, files: dict[str, bytes]) -> None:
+    """Write one explanation's files into `directory`, first removing any earlier explanation's files
+    there (named as `output_files` names them), so that the folder holds only this explanation's:
+    a mask of a label not found now does not survive from an earlier run. Other files are left alone."""
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    for path in directory.iterdir():
+        if path.name not in files and OUTPUT_NAME.fullmatch(path.name) and path.is_file():
+            path.unlink()
     for name, payload in files.items():
         (directory / name).write_bytes(payload)
 

@@ -21,7 +21,7 @@ from segment_anything.modeling import Sam
 from ..cache import LRUCache, image_key
 from ..errors import InputError
 from ..method.results import MaskPrediction
-from ..precision import autocast, check_precision
+from ..precision import autocast
 
 calls = logging.getLogger("surgery.calls")  # one line per real model call (tests count them)
 
@@ -69,13 +69,15 @@ def _check_points(points: object, original_size: tuple[int, int]) -> np.ndarray:
 class SamSegmenter:
     """One SAM model plus a bounded, thread-safe LRU cache of image embeddings.
 
+    `precision` is one the model's device runs (`surgery.precision.resolve_precision` decides that where
+    a request comes in).
+
     `encode_calls` counts real image encodings (cache misses), the expensive
     step; tests use it to check that each image is encoded once.
     """
 
     def __init__(self, sam: Sam, precision: str = "fp32", cache_entries: int = DEFAULT_CACHE_ENTRIES,
                  name: str = "sam") -> None:
-        check_precision(precision, sam.device)
         if cache_entries < 1:
             raise InputError("The embedding cache needs room for at least one image.")
         self.sam = sam

@@ -10,7 +10,7 @@ import pytest
 from conftest import DATA
 from surgery.errors import InputError
 from surgery.method.labels import parse_labels
-from surgery.method.results import MapOptions
+from surgery.method.options import MapOptions
 from surgery.loading import load_clip
 from surgery.hub.openclip_names import openclip_checkpoint, parse_openclip_name
 from surgery.hub.registry import CLIP_CHECKPOINTS, OPENCLIP_SUGGESTED
@@ -30,7 +30,7 @@ def test_resnet_backbone_from_a_local_file(rocket):
     explainer = load_clip("RN50", DATA / "parity-rn" / "weights.safetensors")
     assert explainer.is_resnet and explainer.patch_size == 32
     maps = explainer.compute_maps(rocket, parse_labels("rocket, smoke").labels, MapOptions(224, "labels"))
-    assert maps.grid == 7
+    assert maps.labels[0].maps["surgery"].shape == (7, 7)
 
 
 def test_open_clip_names_resolve_through_open_clips_registry():

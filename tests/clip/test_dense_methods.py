@@ -18,7 +18,7 @@ import torch
 from conftest import DATA, PARITY, TINY_CLIP
 
 import surgery.method
-from surgery.clip import dense_methods as dm
+from surgery.clip import last_blocks as dm
 from surgery.clip.preprocess import clip_input
 from surgery.clip.text import prompt_ensemble
 from surgery.clip.vit import positional_embedding_for_grid

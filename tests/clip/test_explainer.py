@@ -9,7 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from surgery.method.results import MapOptions
+import surgery
+from surgery.method.options import MapOptions
+from surgery.request import build_request
 from surgery.errors import InputError
 from surgery.method.feature_surgery import surgery_across_labels
 from surgery.clip.vit import encode_image_tokens
@@ -60,11 +62,13 @@ def test_single_label_across_labels_is_refused(explainer, rocket):
     tokens = explainer.image_tokens(rocket, 224)
     one = explainer.text_features(["rocket"])
     assert torch.count_nonzero(surgery_across_labels(tokens.surgery_tokens, one)) == 0  # the trap itself
+    with pytest.raises(InputError, match="at least two labels"):  # refused where a request comes in
+        surgery.compute_maps(explainer, rocket, "rocket", MapOptions(224, "labels"))
     with pytest.raises(InputError, match="at least two labels"):
-        explainer.compute_maps(rocket, parse_labels("rocket").labels, MapOptions(224, "labels"))
+        build_request("rocket", resolution=224, redundancy="labels")
     for mode in ("vocab", "empty"):
         maps = explainer.compute_maps(rocket, parse_labels("rocket").labels, MapOptions(224, mode))
-        assert np.ptp(maps.labels[0].surgery_map) > 0
+        assert np.ptp(maps.labels[0].maps["surgery"]) > 0
 
 
 def test_no_positional_embedding_drift(explainer, rocket):
@@ -79,9 +83,13 @@ def test_no_positional_embedding_drift(explainer, rocket):
 
 
 def test_resolution_must_be_patch_multiple(explainer, rocket):
-    for bad in (200, 230, 2048):
-        with pytest.raises(InputError, match="multiple of the patch size"):
-            explainer.image_tokens(rocket, bad)
+    with pytest.raises(InputError, match="multiple of the patch size 16"):
+        explainer.check_fits(MapOptions(230))
+    with pytest.raises(InputError, match="multiple of the patch size 16"):
+        surgery.compute_maps(explainer, rocket, "rocket", MapOptions(230))
+    for bad in (200, 2048):  # outside the range whatever the model
+        with pytest.raises(InputError, match="between 224 and 1024"):
+            MapOptions(bad)
 
 
 def _jpeg_with_orientation(pixels: np.ndarray, orientation: int) -> bytes:
@@ -159,8 +167,8 @@ def test_the_same_pixels_decoded_twice_are_encoded_once(explainer, tmp_path, cap
 def test_combined_label_uses_parts(explainer, rocket):
     maps = explainer.compute_maps(rocket, parse_labels("rocket+smoke, sky").labels, MapOptions(224, "vocab"))
     combined = maps.labels[0]
-    assert combined.label.parts == ("rocket", "smoke") and combined.surgery_parts.shape == (2, 14, 14)
-    assert 0.0 <= combined.surgery_map.min() and combined.surgery_map.max() <= 1.0
+    assert combined.label.parts == ("rocket", "smoke") and combined.parts["surgery"].shape == (2, 14, 14)
+    assert 0.0 <= combined.maps["surgery"].min() and combined.maps["surgery"].max() <= 1.0
 
 
 def test_label_embeddings_survive_a_restart_through_the_disk_cache(tmp_path, rocket):
@@ -183,7 +191,7 @@ def test_bf16_maps_agree_with_fp32_and_are_cached_apart(explainer, rocket, caplo
     fp32 = explainer.compute_maps(rocket, labels, MapOptions(224, "labels"))
     if not bf16_supported("cpu"):
         with pytest.raises(InputError, match="bf16 is not supported"):
-            explainer.compute_maps(rocket, labels, MapOptions(224, "labels", precision="bf16"))
+            surgery.compute_maps(explainer, rocket, labels, MapOptions(224, "labels", precision="bf16"))
         return
     with caplog.at_level("INFO", logger="surgery.calls"):
         bf16 = explainer.compute_maps(rocket, labels, MapOptions(224, "labels", precision="bf16"))
@@ -191,14 +199,16 @@ def test_bf16_maps_agree_with_fp32_and_are_cached_apart(explainer, rocket, caplo
     assert any("image encoder" in c for c in calls), calls  # the image tokens are bf16's own
     assert not any("text encoder" in c for c in calls), calls  # text features are float32, shared
     for a, b in zip(fp32.labels, bf16.labels):
-        assert a.surgery_map.dtype == b.surgery_map.dtype == np.float32
-        assert not np.array_equal(a.surgery_map, b.surgery_map)  # really ran in bf16, not a cache hit
-        correlation = np.corrcoef(a.surgery_map.ravel(), b.surgery_map.ravel())[0, 1]
+        assert a.maps["surgery"].dtype == b.maps["surgery"].dtype == np.float32
+        assert not np.array_equal(a.maps["surgery"], b.maps["surgery"])  # really ran in bf16, not a cache hit
+        correlation = np.corrcoef(a.maps["surgery"].ravel(), b.maps["surgery"].ravel())[0, 1]
         assert correlation > 0.95
     with pytest.raises(InputError, match="Precision must be one of"):
-        explainer.compute_maps(rocket, labels, MapOptions(224, "labels", precision="fp8"))
+        MapOptions(224, "labels", precision="fp8")
     with pytest.raises(InputError, match="fp16 runs on a GPU only"):  # a CPU has no fp16 autocast worth having
-        explainer.compute_maps(rocket, labels, MapOptions(224, "labels", precision="fp16"))
+        surgery.compute_maps(explainer, rocket, labels, MapOptions(224, "labels", precision="fp16"))
+    with pytest.raises(InputError, match="fp16 runs on a GPU only"):
+        build_request("rocket, smoke", precision="fp16", device="cpu")
 
 
 def test_prefix_cached_prompts_equal_the_plain_ensemble(explainer):

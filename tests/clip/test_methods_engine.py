@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from surgery.clip.methods import METHODS, check_methods
+from surgery.method.table import METHOD_TABLE, check_methods
 from surgery.errors import InputError
 from surgery.method.labels import parse_labels
 from surgery.method.points import points_for_sam
-from surgery.method.results import MapOptions
+from surgery.method.options import MapOptions
 from surgery.method.views import apply_threshold
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-ALL = tuple(METHODS)
+ALL = tuple(METHOD_TABLE)
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +36,17 @@ def test_every_method_through_the_engine_equals_the_official_maps(cases, officia
 
     explainer = load_clip(checkpoint=DATA / "parity" / "weights.safetensors")  # a fresh one: nothing cached
     for number, case in enumerate(cases):
-        maps = explainer.compute_maps(rocket, parse_labels(", ".join(case["labels"])).labels,
-                                      MapOptions(case["resolution"], "labels", methods=ALL))
-        assert maps.grid == case["grid"] and maps.options.methods == ALL
+        labels = parse_labels(", ".join(case["labels"])).labels
+        maps = explainer.compute_maps(rocket, labels, MapOptions(case["resolution"], "labels", methods=ALL))
+        assert maps.options.methods == ALL
+        assert all(lm.maps[m].shape == (case["grid"], case["grid"]) for lm in maps.labels for m in ALL)
         for method in ("maskclip", "sclip", "clearclip", "naclip"):
-            got = np.stack([lm.method_maps[method] for lm in maps.labels])
+            got = np.stack([lm.maps[method] for lm in maps.labels])
             np.testing.assert_allclose(got, official[f"case{number}_{method}"], atol=1e-5, rtol=0, err_msg=method)
-        for lm in maps.labels:  # the other two are the same maps as without the comparison
-            np.testing.assert_array_equal(lm.method_maps["surgery"], lm.surgery_map)
-            np.testing.assert_array_equal(lm.method_maps["clip"], lm.clip_map)
+        alone = explainer.compute_maps(rocket, labels, MapOptions(case["resolution"], "labels"))
+        for lm, plain in zip(maps.labels, alone.labels):  # the other two are the same maps as without the comparison
+            np.testing.assert_array_equal(lm.maps["surgery"], plain.maps["surgery"])
+            np.testing.assert_array_equal(lm.maps["clip"], plain.maps["clip"])
 
 
 def test_the_trunk_is_shared_at_the_native_grid_and_computed_once_elsewhere(explainer, calls):
@@ -69,15 +71,15 @@ def test_points_and_found_come_from_the_chosen_map(explainer, rocket):
     maps = explainer.compute_maps(rocket, labels, MapOptions(224, "labels", methods=ALL, points_from="clearclip"))
     view = apply_threshold(maps, None)
     plain = view.labels[0]
-    expected = points_for_sam(plain.maps.method_parts["clearclip"][0], maps.width, maps.height, None)
+    expected = points_for_sam(plain.maps.parts["clearclip"][0], maps.width, maps.height, None)
     np.testing.assert_array_equal(plain.points, expected)
-    top = float(plain.maps.method_parts["clearclip"].max())
+    top = float(plain.maps.parts["clearclip"].max())
     hidden = apply_threshold(maps, top + 1e-3)
     assert not hidden.labels[0].found
     surgery_view = apply_threshold(explainer.compute_maps(rocket, labels, MapOptions(224, "labels")), top + 1e-3)
-    assert surgery_view.labels[0].found == (float(surgery_view.labels[0].maps.surgery_parts.max()) >= top + 1e-3)
+    assert surgery_view.labels[0].found == (float(surgery_view.labels[0].maps.parts["surgery"].max()) >= top + 1e-3)
     combined = view.labels[2]
-    assert combined.maps.method_parts["clearclip"].shape[0] == 2  # one raw map per part
+    assert combined.maps.parts["clearclip"].shape[0] == 2  # one raw map per part
 
 
 @pytest.mark.parametrize("methods, points_from, message", [
@@ -97,6 +99,14 @@ def test_resnet_backbones_refuse_the_last_block_methods():
 
     resnet = load_clip("RN50", DATA / "parity-rn" / "weights.safetensors")
     with pytest.raises(InputError, match="MaskCLIP, NACLIP work on ViT backbones only"):
-        resnet.compute_maps(np.zeros((64, 64, 3), np.uint8), parse_labels("a, b").labels,
-                            MapOptions(224, "labels", methods=("clip", "surgery", "maskclip", "naclip")))
-    assert check_methods("clip,surgery", None, is_resnet=True) == (("clip", "surgery"), "surgery")
+        resnet.check_fits(MapOptions(224, "labels", methods=("clip", "surgery", "maskclip", "naclip")))
+    resnet.check_fits(MapOptions(224, "labels", methods=("clip", "surgery")))  # both have a ResNet form
+
+
+@pytest.mark.parametrize("methods, points_from", [
+    ("sclip", "sclip"), ("naclip,clearclip", "clearclip"), ("clip", "clip"), ("maskclip,surgery", "surgery"),
+])
+def test_without_a_points_method_named_the_points_come_from_surgery_or_else_the_first_chosen(methods, points_from):
+    """`--methods sclip` alone was refused (the points defaulted to CLIP Surgery, not computed)."""
+    assert check_methods(methods, None)[1] == points_from
+    assert MapOptions(methods=methods).points_from == points_from

@@ -10,7 +10,7 @@ from open_clip.tokenizer import SimpleTokenizer
 
 import reference_impl as ref
 from conftest import DATA, PARITY, points_match
-from surgery.method.results import MapOptions
+from surgery.method.options import MapOptions
 from surgery.method.labels import parse_labels
 from surgery.method.points import combined_points, points_for_sam
 from surgery.method.prompts import background_vocabulary, prompt_templates
@@ -47,26 +47,26 @@ def test_fixture_parity(explainer, rocket, parity_cases, expected_maps, case_ind
     case = parity_cases[case_index]
     mode = {"labels": "labels", "empty": "empty", "combined": "empty"}[case["mode"]]
     result = product_maps(explainer, rocket, ", ".join(case["labels"]), mode, case["resolution"])
-    assert result.grid == case["grid"]
+    assert result.labels[0].maps["surgery"].shape == (case["grid"], case["grid"])
     assert [result.width, result.height] == case["size"]
-    surgery = np.stack([lm.surgery_map for lm in result.labels])
+    surgery = np.stack([lm.maps["surgery"] for lm in result.labels])
     # every case has its surgery map; `labels` cases also their CLIP map: a missing one is a failure
     assert f"case{case_index}_surgery" in expected_maps, f"no surgery map for case {case_index} in the test data"
     np.testing.assert_allclose(surgery, expected_maps[f"case{case_index}_surgery"], atol=MAP_TOLERANCE, rtol=0)
     if case["mode"] == "labels":
         assert f"case{case_index}_clip" in expected_maps, f"no CLIP map for case {case_index} in the test data"
-        clip = np.stack([lm.clip_map for lm in result.labels])
+        clip = np.stack([lm.maps["clip"] for lm in result.labels])
         np.testing.assert_allclose(clip, expected_maps[f"case{case_index}_clip"], atol=MAP_TOLERANCE, rtol=0)
     if case["mode"] == "combined":
         (combined,) = result.labels
-        np.testing.assert_allclose(combined.surgery_parts, expected_maps[f"case{case_index}_parts"],
+        np.testing.assert_allclose(combined.parts["surgery"], expected_maps[f"case{case_index}_parts"],
                                    atol=MAP_TOLERANCE, rtol=0)
     W, H = case["size"]
     for lm in result.labels:
         if lm.label.is_combined:
-            points = combined_points(lm.surgery_parts, W, H)
+            points = combined_points(lm.parts["surgery"], W, H)
         else:
-            points = points_for_sam(lm.surgery_parts[0], W, H)
+            points = points_for_sam(lm.parts["surgery"][0], W, H)
         assert points_match(points, case["points"][lm.label.text]), lm.label.text
 
 
@@ -137,18 +137,18 @@ def test_matches_oracle_at_other_settings(explainer, rocket, oracle, resolution,
     sim, clip, shape = oracle_maps(oracle, resolution, texts, redundancy)
     result = product_maps(explainer, rocket, ", ".join(texts), redundancy, resolution)
     g = resolution // 16
-    assert result.grid == g
-    np.testing.assert_allclose(np.stack([lm.surgery_map for lm in result.labels]),
+    assert result.labels[0].maps["surgery"].shape == (g, g)
+    np.testing.assert_allclose(np.stack([lm.maps["surgery"] for lm in result.labels]),
                                sim.T.reshape(-1, g, g).numpy(), atol=MAP_TOLERANCE, rtol=0)
-    np.testing.assert_allclose(np.stack([lm.clip_map for lm in result.labels]),
+    np.testing.assert_allclose(np.stack([lm.maps["clip"] for lm in result.labels]),
                                clip.T.reshape(-1, g, g).numpy(), atol=MAP_TOLERANCE, rtol=0)
     for k, lm in enumerate(result.labels):
         expected = ref.labelled_points(sim[:, k], shape)
-        assert points_match(points_for_sam(lm.surgery_parts[0], result.width, result.height), expected)
+        assert points_match(points_for_sam(lm.parts["surgery"][0], result.width, result.height), expected)
 
 
 def test_vocab_mode_differs_from_labels_mode(explainer, rocket):
     """Guards against the vocabulary silently not being used."""
     vocab = product_maps(explainer, rocket, "rocket, smoke", "vocab", 224)
     labels = product_maps(explainer, rocket, "rocket, smoke", "labels", 224)
-    assert np.abs(vocab.labels[0].surgery_map - labels.labels[0].surgery_map).max() > 1e-3
+    assert np.abs(vocab.labels[0].maps["surgery"] - labels.labels[0].maps["surgery"]).max() > 1e-3

@@ -8,7 +8,7 @@ import pytest
 import surgery.clip.explainer as explainer_module
 from surgery.method import feature_surgery
 from surgery.method.labels import parse_labels
-from surgery.method.results import MapOptions
+from surgery.method.options import MapOptions
 
 
 @pytest.fixture()
@@ -36,4 +36,4 @@ def test_empty_prompt_surgery_runs_only_when_needed(explainer, rocket, empty_pro
                                                     expected):
     maps = explainer.compute_maps(rocket, parse_labels(labels).labels, MapOptions(224, redundancy))
     assert len(empty_prompt_products) == expected
-    assert all(np.isfinite(lm.surgery_parts).all() for lm in maps.labels)
+    assert all(np.isfinite(lm.parts["surgery"]).all() for lm in maps.labels)

@@ -25,11 +25,12 @@ import reference_impl as ref
 from conftest import points_match
 from surgery.clip.architecture import build_clip
 from surgery.errors import InputError
+from surgery.method.options import MapOptions
 from surgery.method.feature_surgery import plain_similarity, surgery_across_labels
 from surgery.method.points import points_for_sam
 from surgery.clip.preprocess import clip_input
 from surgery.images import load_image
-from surgery.clip.resnet import check_resnet_resolution, encode_resnet_tokens
+from surgery.clip.resnet import encode_resnet_tokens
 from surgery.clip.text import prompt_ensemble
 from surgery.method.prompts import prompt_templates
 from surgery.hub.state_dict import load_state_dict
@@ -213,17 +214,29 @@ def test_model_untouched_across_resolutions(rn_model, rn_rocket):
     assert torch.equal(first.clip_tokens, again.clip_tokens)
 
 
-@pytest.mark.parametrize("resolution", [192, 240, 1056, 500])
-def test_rejects_unusable_resolutions(rn_model, resolution):
-    with pytest.raises(InputError, match="multiple of 32"):
-        check_resnet_resolution(resolution)
-    with pytest.raises(InputError):
-        encode_resnet_tokens(rn_model.visual, torch.zeros(1, 3, resolution, resolution))
+@pytest.fixture(scope="module")
+def rn_explainer():
+    from surgery.loading import load_clip
+
+    return load_clip(checkpoint=PARITY_RN / "weights.safetensors", display_name="tiny-rn", device="cpu")
+
+
+@pytest.mark.parametrize("resolution", [240, 500, 1000])
+def test_rejects_resolutions_off_the_output_stride(rn_explainer, resolution):
+    """A ResNet's grid step is its output stride (32): the explainer refuses other resolutions before encoding."""
+    with pytest.raises(InputError, match="multiple of the patch size 32"):
+        rn_explainer.check_fits(MapOptions(resolution=resolution))
+
+
+@pytest.mark.parametrize("resolution", [192, 1056])
+def test_rejects_resolutions_out_of_range(resolution):
+    with pytest.raises(InputError, match="between 224 and 1024"):
+        MapOptions(resolution=resolution)
 
 
 @pytest.mark.parametrize("resolution", [224, 256, 1024])
-def test_accepts_usable_resolutions(resolution):
-    check_resnet_resolution(resolution)
+def test_accepts_usable_resolutions(rn_explainer, resolution):
+    rn_explainer.check_fits(MapOptions(resolution=resolution))
 
 
 def test_explainer_parity_on_resnet(rn_rocket, rn_case, rn_maps):
@@ -231,19 +244,19 @@ def test_explainer_parity_on_resnet(rn_rocket, rn_case, rn_maps):
     this test) and reproduce the reference's maps and points."""
     from surgery.loading import load_clip
     from surgery.method.labels import parse_labels
-    from surgery.method.results import MapOptions
+    from surgery.method.options import MapOptions
 
     explainer = load_clip(checkpoint=PARITY_RN / "weights.safetensors", display_name="tiny-rn")
     assert explainer.is_resnet and explainer.patch_size == 32
     result = explainer.compute_maps(rn_rocket, parse_labels(", ".join(LABELS)).labels,
                                     MapOptions(resolution=rn_case["resolution"], redundancy="labels"))
-    assert result.grid == rn_case["grid"]
-    np.testing.assert_allclose(np.stack([lm.surgery_map for lm in result.labels]), rn_maps["case0_surgery"],
+    assert result.labels[0].maps["surgery"].shape == (rn_case["grid"], rn_case["grid"])
+    np.testing.assert_allclose(np.stack([lm.maps["surgery"] for lm in result.labels]), rn_maps["case0_surgery"],
                                atol=MAP_TOLERANCE, rtol=0)
-    np.testing.assert_allclose(np.stack([lm.clip_map for lm in result.labels]), rn_maps["case0_clip"],
+    np.testing.assert_allclose(np.stack([lm.maps["clip"] for lm in result.labels]), rn_maps["case0_clip"],
                                atol=MAP_TOLERANCE, rtol=0)
     for lm in result.labels:
-        points = points_for_sam(lm.surgery_parts[0], result.width, result.height)
+        points = points_for_sam(lm.parts["surgery"][0], result.width, result.height)
         assert points_match(points, rn_case["points"][lm.label.text]), lm.label.text
-    with pytest.raises(InputError):
-        explainer.image_tokens(rn_rocket, 240)
+    with pytest.raises(InputError, match="multiple of the patch size 32"):
+        explainer.check_fits(MapOptions(resolution=240))

@@ -76,7 +76,7 @@ def serial(tmp_path_factory) -> tuple[Path, Path, int]:
 
 def test_summary_pools_the_raw_values_of_the_per_image_maps(serial):
     folder, out, code = serial
-    assert code == 2  # one image failed; the others were explained
+    assert code == 1  # one image failed; the others were explained (2 is for usage errors)
     summary = _summary(out)
     assert summary["images"] == 6 and summary["explained"] == 5
     assert [entry["file"] for entry in summary["failed"]] == [BROKEN]
@@ -130,7 +130,7 @@ def test_a_rerun_skips_every_image_and_a_changed_option_recomputes(serial, tmp_p
     before = _summary(out)
     mtimes = _mtimes(out)
     calls.clear()
-    assert _calibrate(folder, out) == 2  # the unreadable image is tried again and fails again
+    assert _calibrate(folder, out) == 1  # the unreadable image is tried again and fails again
     assert calls.count("CLIP image encoder") == 0 and calls.count("SAM image encoder") == 0, calls.lines
     assert _mtimes(out) == mtimes
     after = _summary(out)
@@ -141,7 +141,7 @@ def test_a_rerun_skips_every_image_and_a_changed_option_recomputes(serial, tmp_p
     status = touched.stat()
     os.utime(touched, ns=(status.st_atime_ns, status.st_mtime_ns + 10 ** 9))
     calls.clear()
-    assert _calibrate(folder, out) == 2
+    assert _calibrate(folder, out) == 1
     assert calls.count("CLIP image encoder") == 1, calls.lines
     assert _summary(out)["timings"]["explained_now"] == 1
     assert _without_timings(_summary(out)) == _without_timings(before)
@@ -149,7 +149,7 @@ def test_a_rerun_skips_every_image_and_a_changed_option_recomputes(serial, tmp_p
     changed = tmp_path / "changed"
     shutil.copytree(out, changed)
     calls.clear()
-    assert _calibrate(folder, changed, "--redundancy", "empty", "--no-sam") == 2
+    assert _calibrate(folder, changed, "--redundancy", "empty", "--no-sam") == 1
     assert calls.count("CLIP image encoder") == 5 and calls.count("SAM image encoder") == 0, calls.lines
     summary = _summary(changed)
     assert summary["options"]["options_hash"] != before["options"]["options_hash"]
@@ -161,7 +161,7 @@ def test_a_rerun_skips_every_image_and_a_changed_option_recomputes(serial, tmp_p
 
 def test_two_worker_processes_give_the_serial_summary(serial, tmp_path):
     folder, out, _ = serial
-    assert _calibrate(folder, tmp_path / "workers", "--workers", "2") == 2
+    assert _calibrate(folder, tmp_path / "workers", "--workers", "2") == 1
     summary = _summary(tmp_path / "workers")
     assert summary["timings"]["runner"] == "processes" and summary["timings"]["workers"] == 2
     assert _without_timings(summary) == _without_timings(_summary(out))
@@ -176,7 +176,7 @@ def test_ray_data_gives_the_serial_summary(serial, tmp_path):
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"py_modules": [str(Path(surgery.__file__).parent)]})
     try:
-        assert _calibrate(folder, tmp_path / "ray", "--ray") == 2
+        assert _calibrate(folder, tmp_path / "ray", "--ray") == 1
     finally:
         ray.shutdown()
     summary = _summary(tmp_path / "ray")

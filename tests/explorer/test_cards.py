@@ -9,7 +9,7 @@ import pytest
 
 from explorer.cards import cards_html, histogram_svg, legend_html
 from surgery.method.labels import parse_labels
-from surgery.method.results import MapOptions
+from surgery.method.options import MapOptions
 from surgery.method.views import apply_threshold
 from surgery.output.files import overlay_names
 
@@ -23,7 +23,7 @@ def explanation(explainer, rocket):
 
 
 def test_labels_are_text_and_nothing_runs(explanation):
-    files = {name: f"/served/{name}" for view in explanation.labels for name in overlay_names(view.text)}
+    files = {name: f"/served/{name}" for view in explanation.labels for name in overlay_names(view.text, explanation.maps.options.methods)}
     html = cards_html(explanation, files, suggested=None, sam_state="off")
     assert "<script" not in html and "<img src=x" not in html and "onerror=alert" not in html.replace(
         "onerror=alert(1)&gt;", "")
@@ -33,7 +33,7 @@ def test_labels_are_text_and_nothing_runs(explanation):
 
 def test_pictures_keep_their_aspect_and_open_larger(explanation):
     view = explanation.labels[0]
-    files = {name: f"/served/x/{name}" for name in overlay_names(view.text)}
+    files = {name: f"/served/x/{name}" for name in overlay_names(view.text, explanation.maps.options.methods)}
     html = cards_html(explanation, files, suggested=None, sam_state="off")
     width, height = explanation.maps.width, explanation.maps.height
     pictures = re.findall(r'<img src="([^"]+)"[^>]* width="(\d+)" height="(\d+)"', html)
@@ -65,7 +65,7 @@ def test_the_colour_bar_explains_stretching():
 
 
 def test_each_computed_map_has_its_histogram_on_its_own_scale(explainer, rocket):
-    from surgery.method.results import MapOptions as Options
+    from surgery.method.options import MapOptions as Options
 
     maps = explainer.compute_maps(rocket, parse_labels("rocket").labels,
                                   Options(224, "vocab", methods=("clip", "surgery", "naclip"), points_from="naclip"))

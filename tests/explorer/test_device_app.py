@@ -23,7 +23,7 @@ from explorer.model_store import ModelConfig, ModelStore
 from surgery.errors import InputError
 from surgery.images import load_image
 from surgery.method.labels import parse_labels
-from surgery.method.results import MapOptions
+from surgery.method.options import MapOptions
 from surgery.sam.segmenter import ImageEmbedding
 
 ROCKET = ROOT / "assets" / "rocket.jpg"
@@ -131,8 +131,8 @@ def test_model_tasks_give_the_same_results_across_a_forked_worker(tmp_path, monk
         embedding = remote.embed(key, rgb)
         masks = remote.decode(key, embedding, prompts)
         remote.pre_encode(None, 224, "fp32", key, rgb)
-        with pytest.raises(InputError, match="Resolution 230 is not usable") as refused:  # the engine's own message
-            remote.maps(None, rgb, labels, MapOptions(resolution=230))
+        with pytest.raises(InputError, match="outside the 640×427 image") as refused:  # the engine's own message
+            remote.decode(key, embedding, [np.array([[9999, 5, 1]])])
         worker_pid = worker.pool.apply(os.getpid)
     finally:
         worker.pool.terminate()
@@ -142,7 +142,7 @@ def test_model_tasks_give_the_same_results_across_a_forked_worker(tmp_path, monk
     expected = local.maps(None, rgb, labels, options)
     for a, b in zip(expected.labels, maps.labels):
         for method in options.methods:
-            np.testing.assert_array_equal(a.method_maps[method], b.method_maps[method])
+            np.testing.assert_array_equal(a.maps[method], b.maps[method])
     expected_masks = local.decode(key, local.embed(key, rgb), prompts)
     assert len(masks) == 2
     for a, b in zip(expected_masks, masks):

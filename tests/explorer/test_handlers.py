@@ -89,7 +89,7 @@ def test_run_threshold_move_and_candidate_choice(handlers, calls):
     assert Path(final["zip"]).is_file() and final["overview"] is not None
 
     encoders = calls.count("image encoder")
-    top = max(float(lm.surgery_parts.max()) for lm in state.maps.labels)
+    top = max(float(lm.parts["surgery"].max()) for lm in state.maps.labels)
     moved = handlers.rethreshold(state, top + 0.01)  # above every value: nothing found
     assert calls.count("image encoder") == encoders
     moved_result = result_of(moved)
@@ -133,12 +133,12 @@ def test_suggest_needs_a_run_and_a_map_that_is_not_flat(handlers):
         assert handlers.suggest(None) == {"__type__": "update"}
     state = named(run_all(handlers, rocket_upload(), sam="off")[-1])["state"]
     value = handlers.suggest(state)["value"]
-    values = np.concatenate([lm.surgery_parts.ravel() for lm in state.maps.labels])
+    values = np.concatenate([lm.parts["surgery"].ravel() for lm in state.maps.labels])
     assert values.min() < value < values.max()
     flat = S.SessionState(state.image_rgb, state.maps, "tiny", None, None, None, ())
-    flat.maps = type(state.maps)(state.maps.width, state.maps.height, state.maps.grid, state.maps.options,
-                                 tuple(type(lm)(lm.label, lm.clip_map, lm.surgery_map,
-                                                np.zeros_like(lm.surgery_parts), lm.presence)
+    flat.maps = type(state.maps)(state.maps.width, state.maps.height, state.maps.options,
+                                 tuple(type(lm)(lm.label, {**lm.parts, "surgery": np.zeros_like(lm.parts["surgery"])},
+                                                lm.maps, lm.presence, lm.points_from)
                                        for lm in state.maps.labels))
     with pytest.warns(UserWarning, match="flat"):
         assert handlers.suggest(flat) == {"__type__": "update"}
@@ -188,7 +188,7 @@ def test_masks_that_arrive_follow_a_threshold_moved_while_sam_works(handlers):
         runner = threading.Thread(target=lambda: finished.append(next(steps)))
         runner.start()
         assert encoding.wait(60)
-        top = max(float(lm.surgery_parts.max()) for lm in state.maps.labels)
+        top = max(float(lm.parts["surgery"].max()) for lm in state.maps.labels)
         moved = handlers.rethreshold(state, top + 0.01)  # while SAM encodes: shown as computing…
         assert named(moved)["zip"] is None and not any(view.found for view in S.rerender(state, top + 0.01, None).labels)
         release.set()
@@ -274,7 +274,7 @@ def test_options_changed_after_a_run_mark_the_results_stale(handlers):
 
 def test_slider_range_follows_the_image(handlers):
     state = named(run_all(handlers, rocket_upload(), sam="off")[-1])["state"]
-    top = max(float(lm.surgery_parts.max()) for lm in state.maps.labels)
+    top = max(float(lm.parts["surgery"].max()) for lm in state.maps.labels)
     maximum = handlers.slider_range(state)["maximum"]
     assert top < maximum <= max(0.05, top * 1.2 + 0.01)
 

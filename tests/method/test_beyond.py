@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from surgery.output.coco import coco_document, decode_rle, encode_rle, mask_box
-from surgery.method.results import LabelMaps, MapOptions, MapsResult
-from surgery.method.views import PointOptions, apply_threshold, decode_masks, with_choices
+from surgery.method.options import MapOptions
+from surgery.method.results import LabelMaps, MapsResult
+from surgery.method.options import PointOptions
+from surgery.method.views import apply_threshold, decode_masks, with_choices
 from surgery.method.feature_surgery import presence_probabilities
 from surgery.method.labels import parse_labels
 from surgery.method.threshold import otsu_threshold
@@ -66,9 +68,10 @@ def _hand_built_maps() -> MapsResult:
     one_blob = np.zeros((28, 28), dtype=np.float32)
     one_blob[12:18, 4:10] = 1.0
     labels = parse_labels("bird, sky").labels
-    label_maps = tuple(LabelMaps(label, clip_map=raw, surgery_map=raw, surgery_parts=raw[None], presence=0.5)
+    label_maps = tuple(LabelMaps(label, parts={"clip": raw[None], "surgery": raw[None]},
+                                 maps={"clip": raw, "surgery": raw}, presence=0.5, points_from="surgery")
                        for label, raw in zip(labels, (_two_blobs(), one_blob)))
-    return MapsResult(width=560, height=560, grid=28, options=MapOptions(448, "labels"), labels=label_maps)
+    return MapsResult(width=560, height=560, options=MapOptions(448, "labels"), labels=label_maps)
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +225,7 @@ def test_candidate_switch_and_threshold_rerender_make_no_model_call(explainer, r
     choice = state.mask_choices["rocket"]
     assert np.array_equal(switched.labels[0].chosen_mask, first.labels[0].mask.candidates[choice])
     assert switched.labels[0].chosen_score == pytest.approx(float(first.labels[0].mask.scores[choice]))
-    top = max(float(lm.surgery_parts.max()) for lm in maps.labels)
+    top = max(float(lm.parts["surgery"].max()) for lm in maps.labels)
     hidden = rerender(state, top + 1.0, segmenter)
     assert not any(view.found for view in hidden.labels) and len(decoder_calls) == 2
 

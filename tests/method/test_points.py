@@ -307,7 +307,8 @@ def label_maps(parts_text: tuple[str, ...], raw_parts: np.ndarray) -> LabelMaps:
     label = Label(parts_text)
     surgery_map = mean_of_normalised(raw_parts) if label.is_combined else raw_parts[0]
     clip_map = np.linspace(0, 1, 196, dtype=np.float32).reshape(14, 14)
-    return LabelMaps(label, clip_map, surgery_map, raw_parts, 0.5)
+    return LabelMaps(label, parts={"clip": clip_map[None], "surgery": raw_parts},
+                     maps={"clip": clip_map, "surgery": surgery_map}, presence=0.5, points_from="surgery")
 
 
 def test_view_label_single_found_and_not_found():
@@ -315,12 +316,12 @@ def test_view_label_single_found_and_not_found():
     found = view_label(lm, 640, 427, None)
     assert found.found and found.text == "rocket"
     assert split(found.points) == split(points_for_sam(blob_map(), 640, 427))
-    np.testing.assert_allclose(found.surgery_display, minmax(blob_map()))
+    np.testing.assert_allclose(found.displays["surgery"], minmax(blob_map()))
 
     missing = view_label(lm, 640, 427, 1.5)  # max is 1.0
     assert not missing.found
     assert missing.points.shape == (0, 3)
-    assert not missing.surgery_display.any()
+    assert not missing.displays["surgery"].any()
 
 
 def test_view_label_found_only_with_points():
@@ -335,7 +336,7 @@ def test_view_label_combined_all_parts_below_threshold_is_not_found():
     view = view_label(lm, 70, 70, 150.0)
     assert not view.found
     assert view.points.shape == (0, 3)
-    assert not view.surgery_display.any()
+    assert not view.displays["surgery"].any()
 
 
 def test_view_label_combined_found():
@@ -371,8 +372,8 @@ def test_fit_long_side_scales_only_larger_images():
     (1024, 40, 1000),  # the nearest multiple (1040) is over the maximum: one step down
 ])
 def test_resolution_choice_snaps_to_a_usable_multiple_of_the_patch(requested, patch, expected):
-    from explorer.inputs import check_resolution_choice
+    from surgery.method.options import resolution_value, snap_resolution
 
-    snapped, note = check_resolution_choice(requested, patch)
+    snapped, note = snap_resolution(resolution_value(requested), patch)
     assert snapped == expected and snapped % patch == 0 and 224 <= snapped <= 1024
     assert (note is None) == (snapped == int(requested))

@@ -14,7 +14,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from surgery.method.labels import parse_labels
-from surgery.method.results import MapOptions, MaskPrediction
+from surgery.method.options import MapOptions
+from surgery.method.results import MaskPrediction
 from surgery.method.views import apply_threshold, decode_masks
 from surgery.output.coco import coco_document
 

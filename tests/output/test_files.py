@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import DATA
-from surgery.method.results import MapOptions
+from surgery.method.options import MapOptions
 from surgery.method.labels import parse_labels
 from surgery.output.files import overlay_images, overlay_pngs
 from surgery.output.png import PngMemo
@@ -51,7 +51,7 @@ def test_a_render_reuses_what_the_previous_render_drew_and_nothing_stale(session
 
     # A threshold that leaves 'rocket' found but moves its points: its heatmaps change, so they
     # are drawn again; a label it hides entirely gets new (empty-points) overlays too.
-    top = max(float(lm.surgery_parts.max()) for lm in session.maps.labels)
+    top = max(float(lm.parts["surgery"].max()) for lm in session.maps.labels)
     encoded = memo.encoded
     hidden = page_files(session, rerender(session, top + 1.0, session.segmenter_for_test))
     assert not any(view.found for view in rerender(session, top + 1.0, session.segmenter_for_test).labels)

@@ -19,7 +19,7 @@ from segment_anything.modeling.image_encoder import Attention, ImageEncoderViT, 
 
 from surgery.errors import CheckpointError, InputError
 from surgery.method.results import MaskPrediction
-from surgery.precision import bf16_supported
+from surgery.precision import bf16_supported, resolve_precision
 from surgery.sam.segmenter import ImageEmbedding, SamSegmenter
 from surgery.sam.fast_encoder import (
     FastImageEncoderViT,
@@ -393,10 +393,11 @@ def test_bad_requests_are_input_errors(stock_sam, fast_sam, image):
         segmenter.embed(image.astype(np.float32))
     with pytest.raises(InputError, match="RGB"):
         segmenter.embed(image[..., 0])
+    # A precision is refused where a request comes in (surgery.request), for the device the models run on
     with pytest.raises(InputError, match="unknown precision"):
-        SamSegmenter(stock_sam, precision="int8")
+        resolve_precision("int8", stock_sam.device)
     with pytest.raises(InputError, match="fp16 runs on a GPU only"):
-        SamSegmenter(stock_sam, precision="fp16")
+        resolve_precision("fp16", stock_sam.device)
     assert isinstance(embedding, ImageEmbedding)
     assert embedding.features.shape == (1, SMALL_ARCH.out_chans, 16, 16) and embedding.input_size == (154, 256)
 
@@ -404,7 +405,7 @@ def test_bad_requests_are_input_errors(stock_sam, fast_sam, image):
 def test_bf16_is_close_to_fp32_or_refused(fast_sam, image):
     if not bf16_supported("cpu"):
         with pytest.raises(InputError, match="bf16 is not supported on this CPU; use fp32"):
-            SamSegmenter(fast_sam, precision="bf16")
+            resolve_precision("bf16", fast_sam.device)
         return
     fp32, bf16 = SamSegmenter(fast_sam), SamSegmenter(fast_sam, precision="bf16")
     e32, e16 = fp32.embed(image), bf16.embed(image)

@@ -1,4 +1,4 @@
-"""MaskCLIP, ClearCLIP, SCLIP and NACLIP: raw patch tokens of a CLIP ViT (docs/method.md §9).
+"""The last image blocks of the methods that replace CLIP's (docs/method.md §9), and their shared trunk.
 
 Four training-free dense methods that change only CLIP's last image block. Each
 runs the same trunk and then its own last block; `patch_tokens` projects the
@@ -38,10 +38,13 @@ caching, the model's weights and modules are read and never modified):
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "LAST_BLOCKS",
     "clearclip_block",
     "dino_positional_embedding",
     "maskclip_block",
@@ -154,3 +157,14 @@ def patch_tokens(visual, tokens: torch.Tensor) -> torch.Tensor:
     """(B, g*g, c): ln_post, @ proj, class token dropped, L2-normalised."""
     projected = visual.ln_post(tokens[:, 1:]) @ visual.proj
     return F.normalize(projected, dim=-1)
+
+
+# (last block, trunk output h (B, N, C), grid) -> the block's output tokens (B, N, C), by method key: one
+# entry for each row of surgery.method.table.METHOD_TABLE whose `block` is set.
+LastBlock = Callable[[torch.nn.Module, torch.Tensor, int], torch.Tensor]
+LAST_BLOCKS: dict[str, LastBlock] = {
+    "maskclip": lambda block, h, grid: maskclip_block(block, h),
+    "sclip": lambda block, h, grid: sclip_block(block, h),
+    "clearclip": lambda block, h, grid: clearclip_block(block, h),
+    "naclip": naclip_block,
+}
