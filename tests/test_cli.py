@@ -82,6 +82,7 @@ def runs(tmp_path_factory) -> dict[str, Run]:
         "methods": [rocket, "--labels", labels, *COMMON, "--methods", "naclip,clip,maskclip,surgery,sclip,clearclip",
                     "--points-from", "naclip"],
         "bad_method": [rocket, "--labels", labels, *COMMON, "--methods", "clip,dino"],
+        "sclip_alone": [rocket, "--labels", labels, *COMMON, "--methods", "sclip"],
         "resnet_method": [rocket, "--labels", labels, "--model", "RN50", "--clip-checkpoint",
                           str(ROOT / "tests" / "data" / "parity-rn" / "weights.safetensors"), "--no-sam",
                           "--resolution", "224", "--methods", "clip,surgery,maskclip"],
@@ -291,3 +292,40 @@ def test_methods_give_one_array_and_one_overlay_each_and_points_from_the_chosen_
         assert sorted(map(tuple, entry["points"])) == sorted(map(tuple, expected.tolist()))
     default = json.loads((runs["batch"].out / "rocket" / "result.json").read_text(encoding="utf-8"))
     assert default["methods"] == ["clip", "surgery"] and default["points_from"] == "surgery"
+
+
+def test_one_method_alone_takes_the_points_from_it(runs):
+    """`--methods sclip` without --points-from was refused (the points defaulted to CLIP Surgery)."""
+    run = runs["sclip_alone"]
+    assert run.returncode == 0, run.stderr
+    result = json.loads((run.out / "rocket" / "result.json").read_text())
+    assert result["methods"] == ["sclip"] and result["points_from"] == "sclip"
+    with np.load(run.out / "rocket" / "maps.npz") as maps:
+        assert set(maps.files) == {"sclip"}
+
+
+def test_explaining_into_an_existing_folder_leaves_only_this_runs_files(tmp_path):
+    """A second run into the same --out: the mask and overlays of a label no longer asked for are gone."""
+    out = tmp_path / "out"
+    common = [str(ASSETS / "rocket.jpg"), "--clip-checkpoint", str(TINY_CLIP), "--sam-checkpoint",
+              "tests/data/sam_tiny.safetensors", "--resolution", "224", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([sys.executable, "-m", "surgery", "explain", *common, "--labels", "rocket, sky"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert (out / "rocket" / "mask_rocket.png").is_file() and (out / "rocket" / "clip_rocket.png").is_file()
+    second = subprocess.run([sys.executable, "-m", "surgery", "explain", *common, "--labels", "sky"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    names = {path.name for path in (out / "rocket").iterdir()}
+    assert not any("rocket" in name for name in names), names
+    assert {"result.json", "maps.npz", "mask_sky.png", "clip_sky.png", "surgery_sky.png"} <= names
+
+
+@pytest.mark.parametrize("command", ["explain", "calibrate"])
+def test_help_states_the_exit_codes(command):
+    done = subprocess.run([sys.executable, "-m", "surgery", command, "--help"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    assert "exit codes: 0 every image done; 1 some images failed" in text and "2 a usage error" in text

@@ -78,6 +78,8 @@ def test_the_engine_has_no_gradio_and_its_layers_point_one_way():
                 re.findall(r"^\s*from surgery\.(\w+)", text, re.M))
             layers = imported & set(allowed)
             assert layers <= allowed[layer], f"{path.relative_to(ROOT)} imports {layers - allowed[layer]}"
+        if path.name != "__main__.py":  # the command line is the top: nothing below it imports it
+            assert not re.search(r"^\s*from (\.+|surgery\.)cli import|^\s*import surgery\.cli", text, re.M), path
 
 
 def test_pip_install_gives_the_package_and_the_cli_command(tmp_path):

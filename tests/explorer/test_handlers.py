@@ -297,3 +297,14 @@ def test_the_api_returns_plain_values_and_files_only_on_request(handlers):
     captions = [caption for _, caption in again[3]]
     assert captions[:4] == ["CLIP · rocket", "CLIP Surgery · rocket", "Points · rocket", "SAM · rocket"]
     assert all(Path(path).is_file() for path, _ in again[3])
+
+
+def test_one_method_alone_takes_the_points_from_it_in_the_api_and_on_the_page(handlers):
+    """`methods=["sclip"]` without points_from was refused (the points defaulted to CLIP Surgery)."""
+    result, *_ = handlers.explain(rocket_upload(), "rocket, smoke", 0, "ViT-B/16", 224, "vocab", "off", "fp32",
+                                  methods=["sclip"])
+    assert result["methods"] == ["sclip"] and result["points_from"] == "sclip"
+    # On the page, "Points from" follows Compare when the map it names is no longer ticked
+    assert handlers.points_for_methods(["sclip", "naclip"], "surgery")["value"] == "sclip"
+    assert handlers.points_for_methods(["clip", "surgery", "naclip"], "clip") == {"__type__": "update"}
+    assert handlers.points_for_methods(["naclip", "surgery"], "clip")["value"] == "surgery"

@@ -73,3 +73,18 @@ def test_memo_stores_no_more_than_its_budget():
     memo.next_render()
     memo.png("a", lambda: image)
     assert memo.encoded == 2  # too big to keep, so drawn again
+
+
+def test_writing_into_a_folder_leaves_only_this_explanations_files(tmp_path):
+    """An earlier run's outputs that this run does not make (a mask of a label not found now, an overlay of
+    a method not computed now) are removed; files the engine never writes are left alone."""
+    from surgery.output.files import write_files
+
+    folder = tmp_path / "rocket"
+    write_files(folder, {"result.json": b"{}", "mask_rocket.png": b"old", "sclip_rocket.png": b"old",
+                         "hist_rocket.png": b"old", "coco.json": b"{}"})
+    (folder / "notes.txt").write_text("mine")
+    (folder / "photo.png").write_bytes(b"mine")
+    write_files(folder, {"result.json": b"{\"new\": 1}", "hist_rocket.png": b"new"})
+    assert sorted(p.name for p in folder.iterdir()) == ["hist_rocket.png", "notes.txt", "photo.png", "result.json"]
+    assert (folder / "hist_rocket.png").read_bytes() == b"new"
