@@ -2,7 +2,8 @@
 methods, each method's window logits merged, resized back, (PAMR,) classified.
 
 `image_logits` yields (method, merged logits (Q, H, W)) one method at a time, so only one method's
-full-size logits are held at once; `predict_image` turns them into class maps.
+full-size logits are held at once; `predict_methods` turns them into class maps (`protocol.classify`'s
+steps, keeping the probabilities for `--sam`).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import torch.nn.functional as F
 
 from .classes import ClassList
 from .features import WindowEncoder, window_logits
-from .protocol import (Protocol, WindowCanvas, classify, keep_ratio_size, normalise, pad_for_patches, pamr,
-                       resize_image, upsample, window_boxes)
+from .protocol import (Protocol, WindowCanvas, area_rule, class_probabilities, keep_ratio_size, normalise,
+                       pad_for_patches, pamr, predict_classes, resize_image, upsample, window_boxes)
 
 WINDOWS_PER_PASS = 16  # windows encoded together (bounds activation memory; a VOC image has 6-10)
 
@@ -67,15 +68,21 @@ def refine(logits: torch.Tensor, image_rgb: np.ndarray, protocol: Protocol) -> t
     return pamr(guide, logits[None], protocol.pamr_steps, protocol.pamr_dilations)[0]
 
 
-def predict_image(encoder: WindowEncoder, text_features: torch.Tensor, image_rgb: np.ndarray,
-                  classes: ClassList, protocol: Protocol, keep_logits: bool = False
-                  ) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor]]:
-    """Per method the class map (H, W) uint8, and (when `keep_logits`) the logits it came from."""
-    predictions, kept = {}, {}
+def predict_methods(encoder: WindowEncoder, text_features: torch.Tensor, image_rgb: np.ndarray,
+                    classes: ClassList, protocol: Protocol) -> Iterator[tuple[str, np.ndarray, torch.Tensor]]:
+    """Per method, one at a time: its class map (H, W) uint8 and the class probabilities (C, H, W) it
+    was taken from (after the area rule)."""
     for method, logits in image_logits(encoder, text_features, image_rgb, protocol):
         logits = refine(logits, image_rgb, protocol)
-        predictions[method] = classify(logits, classes.query_class, len(classes), protocol.logit_scale,
-                                       protocol.prob_threshold, protocol.area_threshold)
-        if keep_logits:
-            kept[method] = logits
-    return predictions, kept
+        probabilities = class_probabilities(logits, classes.query_class, len(classes), protocol.logit_scale)
+        del logits
+        probabilities = area_rule(probabilities, protocol.area_threshold)
+        prediction = predict_classes(probabilities, protocol.prob_threshold).to(torch.uint8).cpu().numpy()
+        yield method, prediction, probabilities
+
+
+def predict_image(encoder: WindowEncoder, text_features: torch.Tensor, image_rgb: np.ndarray,
+                  classes: ClassList, protocol: Protocol) -> dict[str, np.ndarray]:
+    """Per method the class map (H, W) uint8."""
+    return {method: prediction for method, prediction, _ in
+            predict_methods(encoder, text_features, image_rgb, classes, protocol)}
