@@ -137,22 +137,30 @@ def resolve_protocol(args: argparse.Namespace, spec, preset):
     return replace(base, **changes)
 
 
+def check_arguments(args: argparse.Namespace):
+    """The dataset's table entry, after the checks that need no file: an `InputError` for options that
+    do not go together."""
+    from .datasets import check_dataset
+
+    spec = check_dataset(args.dataset)
+    if spec.key == "folder" and args.classes is None:
+        raise InputError("The folder dataset needs --classes FILE (one class a line, synonyms separated by ', ').")
+    if args.reduce_zero_label and spec.key != "folder":
+        raise InputError(f"--reduce-zero-label is for the folder dataset; {spec.key} has its own label handling.")
+    return spec
+
+
 def resolve_settings(args: argparse.Namespace, device: str, precision: str):
     from ..hub.registry import default_sam_model
     from ..hub.sources import resolve_clip, resolve_sam
     from ..dataset.settings import checkpoint_digest
     from .classes import packaged_classes, read_class_file
-    from .datasets import check_dataset
     from .features import check_scored_methods
     from .presets import find_preset
     from .settings import EvaluationSettings
 
-    spec = check_dataset(args.dataset)
+    spec = check_arguments(args)
     preset = find_preset(args.preset, spec.key) if args.preset else None
-    if spec.key == "folder" and args.classes is None:
-        raise InputError("The folder dataset needs --classes FILE (one class a line, synonyms separated by ', ').")
-    if args.reduce_zero_label and spec.key != "folder":
-        raise InputError(f"--reduce-zero-label is for the folder dataset; {spec.key} has its own label handling.")
     if args.classes is not None:
         classes = read_class_file(args.classes)
     else:
@@ -203,10 +211,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..dataset import runners
     from ..dataset.command import write_json
     from ..dataset.single import ImageJob
-    from .datasets import check_dataset, sample_ids
+    from .datasets import sample_ids
     from .single import evaluate_one, is_done, load_evaluation_models
 
-    spec = check_dataset(args.dataset)
+    spec = check_arguments(args)
     ids = sample_ids(spec, args.root)
     total_listed = len(ids)
     if args.limit:

@@ -33,12 +33,12 @@ th.class, td.class { text-align: left; white-space: nowrap; max-width: 12em; ove
 td.none { color: #999; text-align: center; }
 .scroll { overflow-x: auto; max-width: 100%; }
 .charts { display: flex; flex-wrap: wrap; gap: 1em; }
-figure.bars { margin: 0; flex: 1 1 340px; max-width: 520px; }
+figure.bars { margin: 0; flex: 0 1 360px; min-width: 0; }
 figure.bars svg { width: 100%; height: auto; background: #fff; border: 1px solid #ccc; }
 figure.bars text { font-size: 11px; fill: #333; } figure.bars rect { fill: #0072b2; }
 .triptych { display: flex; gap: 4px; margin-bottom: .6em; }
-.triptych figure { margin: 0; flex: 1 1 0; min-width: 0; max-width: 220px; }
-.triptych img { width: 100%; height: auto; display: block; image-rendering: auto; }
+.triptych figure { margin: 0; flex: 0 1 200px; min-width: 0; }
+.triptych img { max-width: 100%; max-height: 180px; width: auto; height: auto; display: block; }
 .triptych figcaption { font-size: 11px; color: #555; word-break: break-all; }
 .note { color: #8b4500; } pre { white-space: pre-wrap; word-break: break-all; }
 @media (max-width: 700px) { body { margin: .6em; } }
