@@ -171,21 +171,25 @@ def class_probabilities(logits: torch.Tensor, query_class: tuple[int, ...], num_
 
 def area_rule(probabilities: torch.Tensor, area_threshold: float | None) -> torch.Tensor:
     """The class probabilities with every object class zeroed whose argmax area n_c is not more than
-    area_threshold * (n_1 + ... + n_{C-1}); class 0 is never removed. Unchanged when the rule is off."""
+    area_threshold * (n_1 + ... + n_{C-1}); class 0 is never removed. The input itself when the rule is
+    off or removes nothing (never modified: a removal works on a copy)."""
     if area_threshold is None:
         return probabilities
     classes = probabilities.shape[0]
-    areas = torch.bincount(probabilities.argmax(dim=0).reshape(-1), minlength=classes)[1:].to(torch.float64)
-    kept = areas > area_threshold * areas.sum()
+    winners = probabilities.max(dim=0).indices  # the first maximum, as argmax
+    areas = torch.bincount(winners.reshape(-1), minlength=classes)[1:].to(torch.float64)
+    removed = ~(areas > area_threshold * areas.sum())
+    if not bool(removed.any()):
+        return probabilities
     zeroed = probabilities.clone()
-    zeroed[1:][~kept] = 0
+    zeroed[1:][removed] = 0
     return zeroed
 
 
 def predict_classes(probabilities: torch.Tensor, prob_threshold: float) -> torch.Tensor:
-    """(H, W) int64: argmax over classes, 0 where the maximum is below prob_threshold."""
-    best = probabilities.max(dim=0).values
-    prediction = probabilities.argmax(dim=0)  # the first maximum
+    """(H, W) int64: argmax over classes (the first maximum on ties), 0 where the maximum is below
+    prob_threshold."""
+    best, prediction = probabilities.max(dim=0)  # torch documents the first maximal index
     prediction[best < prob_threshold] = 0
     return prediction
 
