@@ -212,7 +212,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..dataset.command import write_json
     from ..dataset.single import ImageJob
     from .datasets import sample_ids
-    from .single import evaluate_one, is_done, load_evaluation_models
+    from .single import evaluate_one, is_done, load_evaluation_models, warm_query_features
 
     spec = check_arguments(args)
     ids = sample_ids(spec, args.root)
@@ -243,8 +243,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if skipped:
             print(f"note: {skipped} of {len(jobs)} images already evaluated with these options; skipped",
                   file=sys.stderr)
-        if pending and runner != "serial":
-            load_evaluation_models(settings)  # the query features go to the disk cache once, not once per worker
+        if pending and (runner == "processes" or (runner == "ray" and plan.device == "cpu")):
+            warm_query_features(settings)  # to the disk cache once, not once per worker (same device as theirs)
         if runner == "ray":
             outcomes = runners.run_ray(pending, settings, out, digest, plan, task=task)
         elif runner == "processes":

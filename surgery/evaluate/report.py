@@ -137,13 +137,17 @@ def report_html(metrics: dict, results: Results, settings: EvaluationSettings, o
                      f"({escape(preset['number_source'])}).</p>")
     if metrics.get("note"):
         intro.append(f'<p class="note">{escape(metrics["note"])}</p>')
+    published = "<th>published mIoU</th>" if preset else ""
     summary = ['<h2>Summary</h2><div class="scroll"><table id="summary"><tr><th class="class">method</th>'
-               "<th>mIoU</th><th>aAcc</th><th>mAcc</th></tr>"]
+               f"<th>mIoU</th><th>aAcc</th><th>mAcc</th>{published}</tr>"]
     for name in names:
         record = metrics["methods"][name]
+        target = ""
+        if preset:
+            target = f'<td class="published">{_fmt(preset["published_miou"], 1) if name == preset["method"] else ""}</td>'
         summary.append(f'<tr data-method="{escape(name)}"><td class="class">{escape(name)}</td>'
                        f'<td class="miou">{_fmt(record["mIoU"])}</td><td>{_fmt(record["aAcc"])}</td>'
-                       f'<td>{_fmt(record["mAcc"])}</td></tr>')
+                       f'<td>{_fmt(record["mAcc"])}</td>{target}</tr>')
     summary.append("</table></div>")
     header = "".join(f'<th data-method="{escape(n)}">{escape(n)}</th>' for n in names)
     table = ['<h2>IoU per class (%)</h2><p>– : the class is neither in the ground truth nor predicted.</p>'

@@ -59,6 +59,18 @@ def load_evaluation_models(settings: EvaluationSettings) -> EvaluationModels:
     return EvaluationModels(explainer, encoder, text, segmenter)
 
 
+def warm_query_features(settings: EvaluationSettings) -> None:
+    """Compute the query features once into the disk cache (before workers start, so they read them
+    instead of each encoding them): CLIP alone, on the run's device."""
+    from ..clip.methods import IMAGENET_TEMPLATES
+    from ..clip.text_store import default_text_cache_dir
+    from ..loading import load_clip
+
+    explainer = load_clip(settings.model, settings.clip_checkpoint, text_cache_dir=default_text_cache_dir(),
+                          device=settings.device)
+    explainer.text_features(list(settings.classes.queries), IMAGENET_TEMPLATES)
+
+
 def record_path(out: Path, sample_id: str) -> Path:
     return Path(out) / RECORDS / f"{sample_id}.npz"
 
