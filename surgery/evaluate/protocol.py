@@ -227,17 +227,25 @@ def pamr(image: torch.Tensor, logits: torch.Tensor, steps: int, dilations: tuple
     -mean_c |x - x_n| / (1e-8 + 0.1 std), then `steps` rounds of averaging each logit channel over its
     neighbours with those weights. The standard deviation is taken over all dilations' 3x3 blocks at once,
     as the harness's `LocalStDev` does. Channels are independent, so they are refined `channels_per_pass`
-    at a time (same values, bounded memory)."""
+    at a time, each round summing the weighted neighbours one at a time (bounded memory)."""
     image = image.float()
     neighbours = _shifts(image, dilations, include_centre=False)  # (1, 3, P, H, W)
     # one standard deviation over every dilation's 3x3 block together (centre counted once per dilation)
     std = _shifts(image, dilations, include_centre=True).std(dim=2, keepdim=True)
     affinity = -(neighbours - image[:, :, None]).abs() / (1e-8 + 0.1 * std)
-    weights = torch.softmax(affinity.mean(dim=1, keepdim=True), dim=2)  # (1, 1, P, H, W)
+    del neighbours, std
+    weights = torch.softmax(affinity.mean(dim=1), dim=1)[0]  # (P, H, W)
+    del affinity
+    height, width = image.shape[-2:]
+    offsets = [(d, dy, dx) for d in dilations for dy in (0, 1, 2) for dx in (0, 1, 2) if (dy, dx) != (1, 1)]
     refined = []
     for start in range(0, logits.shape[1], channels_per_pass):
-        mask = logits[:, start:start + channels_per_pass].float()
+        mask = logits[0, start:start + channels_per_pass].float()
         for _ in range(steps):
-            mask = (_shifts(mask, dilations, include_centre=False) * weights).sum(dim=2)
+            padded = {d: F.pad(mask[None], [d] * 4, mode="replicate")[0] for d in dilations}
+            out = torch.zeros_like(mask)
+            for n, (d, dy, dx) in enumerate(offsets):
+                out.addcmul_(padded[d][:, dy * d: dy * d + height, dx * d: dx * d + width], weights[n])
+            mask = out
         refined.append(mask)
-    return torch.cat(refined, dim=1)
+    return torch.cat(refined, dim=0)[None]
