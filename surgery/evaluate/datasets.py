@@ -133,6 +133,9 @@ def sample_ids(spec: DatasetSpec, root: Path) -> list[str]:
         ids = _scan(spec, folder)
     if not ids:
         raise InputError(f"No images to evaluate in {root} ({spec.title}).")
+    for sample in ids:  # ids name output files: never a path out of the output folder
+        if sample.startswith(("/", "\\")) or ".." in sample.replace("\\", "/").split("/"):
+            raise InputError(f"The id {sample[:60]!r} in {spec.id_list or spec.image_dir} is not a plain name.")
     return ids
 
 

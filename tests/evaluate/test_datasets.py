@@ -220,3 +220,12 @@ def test_dataset_table_holds_the_standard_values():
         spec = DATASETS[key]
         assert (spec.short_side, spec.logit_scale, spec.prob_threshold, spec.area_threshold,
                 spec.reduce_zero_label) == (short, scale, prob, area, reduce), key
+
+
+def test_an_id_that_would_leave_the_output_folder_is_refused(tmp_path):
+    from surgery.errors import InputError
+
+    _build("voc21", tmp_path)
+    _write_list(tmp_path / "ImageSets" / "Segmentation" / "val.txt", ["2008_000003", "../../escape"])
+    with pytest.raises(InputError, match="not a plain name"):
+        sample_ids(DATASETS["voc21"], tmp_path)
