@@ -1,4 +1,5 @@
-"""Three ways to run a per-image task (`explain_one` for calibrate, by default) over the jobs: in this process, in local processes, on Ray Data.
+"""Three ways to run a per-image `Task` over the jobs: in this process, in local processes, on Ray Data.
+(Calibrate's task, the default, is `explain_one`; evaluate brings its own.)
 
 Each runner yields one `ImageOutcome` per job, in completion order (the summary sorts them), and
 loads the models once per worker: once here (serial), once per process (`--workers N`, spawned, with
