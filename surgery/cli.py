@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "summary.json and report.html", epilog=EXIT_CODES_HELP)
     add_calibrate_arguments(calibrate)
     add_explain_options(calibrate)
+    from .evaluate.command import add_evaluate_arguments
+
+    add_evaluate_arguments(commands.add_parser("evaluate", help="score dense methods against a dataset's ground "
+                                                                "truth: metrics.json and report.html"))
     return parser
 
 
@@ -92,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
             from .dataset.command import run_calibrate
 
             return run_calibrate(args)
+        if args.command == "evaluate":
+            from .evaluate.command import run_evaluate
+
+            return run_evaluate(args)
         return run_explain(args)
     except WeightsUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Three ways to run `explain_one` over the jobs: in this process, in local processes, on Ray Data.
+"""Three ways to run a per-image `Task` over the jobs: in this process, in local processes, on Ray Data.
+(Calibrate's task, the default, is `explain_one`; evaluate brings its own.)
 
 Each runner yields one `ImageOutcome` per job, in completion order (the summary sorts them), and
 loads the models once per worker: once here (serial), once per process (`--workers N`, spawned, with
@@ -15,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import InputError
 from .settings import CalibrationSettings
@@ -26,14 +27,27 @@ RAY_MISSING = "Ray is not installed; install the extra with: pip install .[ray] 
 ACTOR_MEMORY_BYTES = 2 * 1024 ** 3
 
 
+@dataclass(frozen=True)
+class Task:
+    """What a runner runs: `load(settings)` once per worker, then `run(job, models, settings, out, digest)`
+    per image, returning its `ImageOutcome` (never raising for a bad image). Both are module-level
+    functions, so a task pickles to spawned processes and Ray actors."""
+
+    load: Callable[[Any], Any]
+    run: Callable[[ImageJob, Any, Any, Path, str], ImageOutcome]
+
+
+CALIBRATE = Task(load_models, explain_one)
+
+
 def run_serial(jobs: Sequence[ImageJob], settings: CalibrationSettings, out: Path, digest: str,
-               models: LoadedModels | None = None) -> Iterator[ImageOutcome]:
+               models: LoadedModels | None = None, task: Task = CALIBRATE) -> Iterator[ImageOutcome]:
     """Every job in this process, one after another, on `models` (loaded here when not given)."""
     if not jobs:
         return
-    models = models or load_models(settings)
+    models = models or task.load(settings)
     for job in jobs:
-        yield explain_one(job, models, settings, out, digest)
+        yield task.run(job, models, settings, out, digest)
 
 
 # --------------------------------------------------------------------------- local processes
@@ -48,13 +62,14 @@ def _start_worker(threads: int) -> None:
     logging.basicConfig(level=logging.WARNING)
 
 
-def _explain_in_worker(job: ImageJob, settings: CalibrationSettings, out: Path, digest: str) -> ImageOutcome:
-    """`explain_one` in a worker process; the models are loaded by its first job (a bad option raises
+def _explain_in_worker(job: ImageJob, settings: CalibrationSettings, out: Path, digest: str,
+                       task: Task = CALIBRATE) -> ImageOutcome:
+    """`task.run` in a worker process; the models are loaded by its first job (a bad option raises
     there and reaches the command, instead of killing the pool in an initializer)."""
     global _WORKER_MODELS
     if _WORKER_MODELS is None:
-        _WORKER_MODELS = load_models(settings)
-    return explain_one(job, _WORKER_MODELS, settings, out, digest)
+        _WORKER_MODELS = task.load(settings)
+    return task.run(job, _WORKER_MODELS, settings, out, digest)
 
 
 def threads_per_worker(workers: int, cpus: int | None = None) -> int:
@@ -63,7 +78,7 @@ def threads_per_worker(workers: int, cpus: int | None = None) -> int:
 
 
 def run_processes(jobs: Sequence[ImageJob], settings: CalibrationSettings, out: Path, digest: str,
-                  workers: int) -> Iterator[ImageOutcome]:
+                  workers: int, task: Task = CALIBRATE) -> Iterator[ImageOutcome]:
     """The jobs on `workers` spawned processes (never forked: torch's threads do not survive a fork),
     at most two jobs queued per worker so memory stays flat over a long folder."""
     if not jobs:
@@ -76,7 +91,7 @@ def run_processes(jobs: Sequence[ImageJob], settings: CalibrationSettings, out: 
         running = set()
         try:
             for job in pending:
-                running.add(pool.submit(_explain_in_worker, job, settings, out, digest))
+                running.add(pool.submit(_explain_in_worker, job, settings, out, digest, task))
                 if len(running) >= 2 * workers:
                     break
             while running:
@@ -85,7 +100,7 @@ def run_processes(jobs: Sequence[ImageJob], settings: CalibrationSettings, out: 
                     yield future.result()
                     following = next(pending, None)
                     if following is not None:
-                        running.add(pool.submit(_explain_in_worker, following, settings, out, digest))
+                        running.add(pool.submit(_explain_in_worker, following, settings, out, digest, task))
         finally:
             for future in running:
                 future.cancel()
@@ -135,15 +150,16 @@ def plan_actors(resources: dict, device_setting: str, jobs: int, actors: int | N
 class _ExplainActor:
     """A Ray Data actor: loads the models once, then explains one image path per row."""
 
-    def __init__(self, settings: CalibrationSettings, out: str, digest: str, threads: int) -> None:
+    def __init__(self, settings: CalibrationSettings, out: str, digest: str, threads: int,
+                 task: Task = CALIBRATE) -> None:
         import torch
 
         torch.set_num_threads(threads)
-        self.settings, self.out, self.digest = settings, Path(out), digest
-        self.models = load_models(settings)
+        self.settings, self.out, self.digest, self.task = settings, Path(out), digest, task
+        self.models = task.load(settings)
 
     def __call__(self, batch: dict) -> dict:
-        outcomes = [explain_one(ImageJob(str(path), str(stem)), self.models, self.settings, self.out, self.digest)
+        outcomes = [self.task.run(ImageJob(str(path), str(stem)), self.models, self.settings, self.out, self.digest)
                     for path, stem in zip(batch["path"], batch["stem"])]
         return {"file": [o.file for o in outcomes], "stem": [o.stem for o in outcomes],
                 "error": ["" if o.error is None else o.error for o in outcomes],
@@ -171,7 +187,7 @@ def connect_ray(address: str | None):
 
 
 def run_ray(jobs: Sequence[ImageJob], settings: CalibrationSettings, out: Path, digest: str,
-            plan: ActorPlan) -> Iterator[ImageOutcome]:
+            plan: ActorPlan, task: Task = CALIBRATE) -> Iterator[ImageOutcome]:
     """The jobs on Ray Data (Ray must already be connected, see `connect_ray`): one row per image path,
     `map_batches` over an actor pool as `plan` says (`plan_actors`). `settings.device` is the plan's
     device."""
@@ -187,7 +203,7 @@ def run_ray(jobs: Sequence[ImageJob], settings: CalibrationSettings, out: Path, 
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         _ExplainActor, batch_size=1, batch_format="numpy",
         fn_constructor_kwargs={"settings": settings, "out": str(out), "digest": digest,
-                               "threads": max(1, int(plan.cpus))},
+                               "threads": max(1, int(plan.cpus)), "task": task},
         compute=ray.data.ActorPoolStrategy(size=plan.actors), num_cpus=plan.cpus, num_gpus=plan.gpus)
     for row in dataset.iter_rows():
         yield ImageOutcome(str(row["file"]), str(row["stem"]), str(row["error"]) or None, float(row["seconds"]))
