@@ -42,9 +42,9 @@ ProxyCLIP's value reshape), and the row-major layout is used here instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,7 @@ from .preprocess import CLIP_MEAN, CLIP_STD
 
 __all__ = [
     "TrunkRecord",
+    "pamr",
     "proxy_embedding",
     "proxyclip_tokens",
     "record_trunk",
@@ -106,7 +107,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Rows per chunk so the (rows, N, C) difference tensor of the LOF stays near 32 M floats.
 _LOF_CHUNK_ELEMENTS = 1 << 25
-# Patch pairs per chunk of ResCLIP's path check ((pairs, steps, 2) coordinates).
+# Elements per chunk of ResCLIP's path check ((pairs, steps) point lookups).
 _PATH_CHUNK_ELEMENTS = 1 << 24
 
 
@@ -146,7 +147,7 @@ def scclip_layers(blocks: int) -> tuple[int, int, tuple[int, int]]:
     post = scaled_layer_index(SCCLIP_POST_ADJUST_INDEX, blocks)
     start, end = (scaled_layer_index(i, blocks) for i in SCCLIP_MULTI_LEVEL)
     if max(pre, post, end - 1) > blocks - 2 or start >= end:
-        raise InputError(f"SC-CLIP needs a deeper vision tower than {blocks} blocks.")
+        raise InputError(f"SC-CLIP needs a vision tower deeper than {blocks} blocks; choose another CLIP.")
     return pre, post, (start, end)
 
 
@@ -155,7 +156,7 @@ def resclip_attention_blocks(blocks: int) -> tuple[int, ...]:
     pass them to `record_trunk(..., attention_blocks=...)`."""
     start, end = (scaled_layer_index(i, blocks) for i in RESCLIP_RCS_BLOCKS)
     if end - 1 > blocks - 2 or start >= end:
-        raise InputError(f"ResCLIP needs a deeper vision tower than {blocks} blocks.")
+        raise InputError(f"ResCLIP needs a vision tower deeper than {blocks} blocks; choose another CLIP.")
     return tuple(range(start, end))
 
 
@@ -166,7 +167,8 @@ def _check_pixels(pixels: torch.Tensor, patch: int) -> None:
     if pixels.ndim != 4 or pixels.shape[1] != 3:
         raise InputError(f"Expected CLIP input of shape (B, 3, H, W), got {tuple(pixels.shape)}.")
     if pixels.shape[-2] % patch or pixels.shape[-1] % patch or min(pixels.shape[-2:]) < patch:
-        raise InputError(f"The CLIP input's sides {tuple(pixels.shape[-2:])} must be multiples of the patch size {patch}.")
+        raise InputError(f"The CLIP input's sides {tuple(pixels.shape[-2:])} must be multiples of the patch size "
+                         f"{patch}.")
 
 
 def _positional_embedding(positional_embedding: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -227,7 +229,7 @@ def record_trunk(visual, pixels: torch.Tensor, attention_blocks: Sequence[int] =
     patch = visual.conv1.kernel_size[0]
     _check_pixels(pixels, patch)
     trunk_blocks = visual.transformer.resblocks[:-1]
-    wanted = set(int(i) for i in attention_blocks)
+    wanted = {int(i) for i in attention_blocks}
     if any(not 0 <= i < len(trunk_blocks) for i in wanted):
         raise ValueError(f"attention blocks {sorted(wanted)} outside the trunk's 0 .. {len(trunk_blocks) - 1}")
     x = visual.conv1(pixels.float())
@@ -398,21 +400,32 @@ def _neighbours(x: torch.Tensor, dilations: Sequence[int], centre: bool) -> torc
     """(B, C, P, H, W): x (B, C, H, W) at the 3x3 offsets {-d, 0, d}^2 of each dilation d with
     replicate padding, in PAMR's kernel order (row-major; the centre only when `centre`)."""
     batch, channels, height, width = x.shape
-    flat = x.reshape(batch * channels, height, width)
-    shifted = []
-    for d in dilations:
-        padded = F.pad(flat.unsqueeze(1), [d] * 4, mode="replicate")[:, 0]
-        for dy in range(3):
-            for dx in range(3):
-                if centre or (dy, dx) != (1, 1):
-                    shifted.append(padded[:, dy * d:dy * d + height, dx * d:dx * d + width])
-    return torch.stack(shifted, dim=1).view(batch, channels, -1, height, width)
+    flat = x.reshape(batch * channels, 1, height, width)
+    per_dilation = 9 if centre else 8
+    out = torch.empty(batch * channels, per_dilation * len(dilations), height, width, dtype=x.dtype, device=x.device)
+    for index, d in enumerate(dilations):
+        padded = F.pad(flat, [d] * 4, mode="replicate")[:, 0]
+        # windows at row and column offsets 0, d, 2d of the padded map: (BC, 3, 3, H, W), no copy
+        windows = padded.unfold(1, height, d).unfold(2, width, d)
+        first = index * per_dilation
+        if centre:
+            out[:, first:first + 9].view(-1, 3, 3, height, width).copy_(windows)
+        else:
+            out[:, first:first + 3].copy_(windows[:, 0])
+            out[:, first + 3].copy_(windows[:, 1, 0])
+            out[:, first + 4].copy_(windows[:, 1, 2])
+            out[:, first + 5:first + 8].copy_(windows[:, 2])
+    return out.view(batch, channels, -1, height, width)
 
 
 def pamr(image: torch.Tensor, scores: torch.Tensor, iterations: int = PAMR_ITERATIONS,
          dilations: Sequence[int] = PAMR_DILATIONS) -> torch.Tensor:
-    """Pixel-adaptive mask refinement: scores (B, K, H, W) diffused `iterations` times over
-    the 16 dilated neighbours with affinities from the guide image (B, 3, H, W)."""
+    """Pixel-adaptive mask refinement (the official `pamr.PAMR`, bit for bit on the CPU): scores
+    (B, K, H, W) replaced `iterations` times by their affinity-weighted mean over the 8 neighbours
+    at each dilation (replicate padding, centre excluded); affinities from the guide image
+    (B, 3, H, W): softmax over neighbours of -|I - I_n| / (1e-8 + 0.1 std), std over the 3x3
+    neighbourhoods of all dilations (centre included, unbiased), averaged over colour channels.
+    ResCLIP's first pass uses it; the demos' final PAMR is the same function."""
     deviation = _neighbours(image, dilations, centre=True).std(2, keepdim=True)
     centre = image.unsqueeze(2)
     difference = torch.abs(centre - _neighbours(image, dilations, centre=False))
@@ -434,9 +447,11 @@ def _first_pass_labels(features: torch.Tensor, label_features: torch.Tensor, pix
     probabilities = torch.softmax(pamr(pixels, logits)[0] * RESCLIP_FIRST_PASS_LOGIT_SCALE, dim=0)
     labels = probabilities.argmax(0)  # first index on ties
     labels[probabilities.max(0)[0] < RESCLIP_LABEL_THRESHOLD] = 0
-    blocks = labels.unfold(0, patch, patch).unfold(1, patch, patch).reshape(rows, cols, -1)
-    votes = F.one_hot(blocks, count).sum(dim=2)
-    return votes.argmax(dim=-1)  # first (smallest) label among the most frequent: CPU torch.mode's rule
+    blocks = labels.unfold(0, patch, patch).unfold(1, patch, patch).reshape(rows * cols, -1)
+    votes = torch.zeros(rows * cols, count, dtype=torch.long, device=labels.device)
+    votes.scatter_add_(1, blocks, torch.ones_like(blocks))
+    # the first (smallest) label among the most frequent: CPU torch.mode's rule, on any device
+    return votes.argmax(dim=-1).view(rows, cols)
 
 
 def _path_valid(start: torch.Tensor, end: torch.Tensor, labels: torch.Tensor, max_steps: int) -> torch.Tensor:
@@ -449,7 +464,7 @@ def _path_valid(start: torch.Tensor, end: torch.Tensor, labels: torch.Tensor, ma
     element the same arithmetic as on the (pairs, steps, 2) tensor."""
     device = start.device
     t = torch.linspace(0, 1, steps=max_steps + 1, device=device)
-    side = int(labels.shape[0] if labels.shape[0] >= labels.shape[1] else labels.shape[1])
+    side = max(int(labels.shape[0]), int(labels.shape[1]))
     coordinate = torch.arange(side, device=device)
     table = (coordinate[:, None, None] * (1 - t) + coordinate[None, :, None] * t).round().long()
     step_index = torch.arange(max_steps + 1, device=device)

@@ -278,7 +278,7 @@ def test_proxyclip_parity_with_the_fixtures_kernels(sam_checkpoint):
     env = {**os.environ, **AVX2_KERNELS, "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", _CHILD, str(METHODS2), str(sam_checkpoint)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"proxyclip with AVX2 kernels: max errors {errors}")
@@ -287,25 +287,20 @@ def test_proxyclip_parity_with_the_fixtures_kernels(sam_checkpoint):
 
 def test_proxyclip_needs_its_own_encoder_pass(explainer, visual, rocket, cases, expected, sam_checkpoint):
     """SAM's predictor embedding (longest-side resize of the original image, padded) is not ProxyCLIP's
-    proxy: substituted, the map moves far beyond the tolerance. Also loads the checkpoint through
-    `load_segmenter`, the app's path (fast attention)."""
+    proxy: substituted, the map moves far beyond the tolerance. The checkpoint is loaded through
+    `load_segmenter`, the app's path."""
     from surgery.loading import load_segmenter
 
     segmenter = load_segmenter(checkpoint=sam_checkpoint, device="cpu")
     case = cases[0]
     pixels = clip_input(rocket, case["resolution"])
     features = explainer.text_features(case["labels"], IMAGENET_TEMPLATES)
-    record = gm.record_trunk(visual, pixels)
     predictor = segmenter.embed(rocket).features
     assert predictor.shape == (1, 256, 64, 64)
-    substituted = label_map(gm.proxyclip_tokens(visual, record, predictor), features, 64, 64)
+    substituted = label_map(gm.proxyclip_tokens(visual, gm.record_trunk(visual, pixels), predictor), features, 64, 64)
     difference = float(np.abs(substituted - expected["case0_proxyclip"]).max())
-    own = label_map(gm.proxyclip_tokens(visual, record, gm.proxy_embedding(segmenter.sam.image_encoder, pixels)),
-                    features, 64, 64)
-    print(f"predictor embedding moves the map by {difference:.3f}; "
-          f"own pass with fast attention: {np.abs(own - expected['case0_proxyclip']).max():.1e}")
+    print(f"the predictor's embedding moves the map by {difference:.3f}")
     assert difference > 0.05
-    assert np.abs(own - expected["case0_proxyclip"]).max() <= 1e-3  # fast attention: a different float order
 
 
 # --- (e) batches and grids ----------------------------------------------------------------------
