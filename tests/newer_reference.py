@@ -2,8 +2,8 @@
 
 Written from the method descriptions (the project's METHODS2 reference page) and
 apart from the engine on purpose. Like `dense_reference` (whose helpers it
-reuses: layer norm, linear, the bicubic DINO resize of the positional embedding,
-NACLIP's neighbourhood bias), it reads the open_clip modules' weights as plain
+reuses: patch embedding with the bicubic DINO resize of the positional embedding,
+layer norm, linear, per-head q/k/v, out-projection, softmax), it reads the open_clip modules' weights as plain
 tensors and works sequence-first, (tokens, channels), on one image, with explicit
 loops over heads. Also by hand: the PIL bicubic resize of the input, the local
 outlier factor and its quantile, the repair, the aggregation, the bilinear
@@ -24,7 +24,7 @@ import math
 import numpy as np
 import torch
 
-from dense_reference import embed, layer_norm, linear, neighbourhood, out_projection, qkv_heads, softmax_rows
+from dense_reference import embed, layer_norm, linear, out_projection, qkv_heads, softmax_rows
 
 PATCH = 16
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -95,10 +95,11 @@ def pil_bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
 
 def _pil_pass(image: np.ndarray, weights: np.ndarray, axis: int) -> np.ndarray:
     """One 8-bit pass along `axis` (0 rows, 1 columns): rounded fixed-point sum, clipped to 0..255."""
-    moved = np.moveaxis(image, axis, -1).astype(np.float64)  # integer sums < 2**53: exact in float64
-    sums = moved @ weights.T.astype(np.float64) + (1 << 21)
+    moved = np.moveaxis(image, axis, -1)
+    flat = moved.reshape(-1, moved.shape[-1]).astype(np.float64)  # integer sums < 2**53: exact in float64
+    sums = flat @ weights.T.astype(np.float64) + (1 << 21)
     out = np.clip(np.floor(sums / (1 << 22)), 0, 255).astype(np.uint8)
-    return np.moveaxis(out, -1, axis)
+    return np.moveaxis(out.reshape(*moved.shape[:-1], -1), -1, axis)
 
 
 def pil_bicubic_resize(image_rgb: np.ndarray, size: int) -> np.ndarray:
@@ -151,12 +152,13 @@ def bilinear_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(C, height, width) float32 bilinear resize of (C, h, w), align_corners=False, no antialias."""
     rows = bilinear_matrix(x.shape[1], height)
     cols = bilinear_matrix(x.shape[2], width)
-    r0 = torch.tensor([r[0] for r in rows]); r1 = torch.tensor([r[1] for r in rows])
-    c0 = torch.tensor([c[0] for c in cols]); c1 = torch.tensor([c[1] for c in cols])
+    r0, r1 = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
+    c0, c1 = torch.tensor([c[0] for c in cols]), torch.tensor([c[1] for c in cols])
     h0 = torch.tensor([r[2] for r in rows], dtype=torch.float32).view(1, -1, 1)
     h1 = torch.tensor([r[3] for r in rows], dtype=torch.float32).view(1, -1, 1)
     w0 = torch.tensor([c[2] for c in cols], dtype=torch.float32).view(1, 1, -1)
     w1 = torch.tensor([c[3] for c in cols], dtype=torch.float32).view(1, 1, -1)
+    # a * b + c * d with the first product fused, as PyTorch's CPU kernel compiles on FMA machines
     top = _fma(x[:, r0][:, :, c0], w0, x[:, r0][:, :, c1] * w1)
     bottom = _fma(x[:, r1][:, :, c0], w0, x[:, r1][:, :, c1] * w1)
     return _fma(top, h0, bottom * h1)
@@ -201,8 +203,9 @@ def lof_scores(points: torch.Tensor, neighbours: int = LOF_NEIGHBOURS) -> torch.
     the row's own k-distance: LRD_i = k / kd_i, LOF_i = mean over i's k neighbours of LRD_j / LRD_i."""
     n = points.shape[0]
     distances = torch.empty(n, n, dtype=points.dtype)
-    for i in range(n):
-        distances[i] = torch.sqrt(((points - points[i]) ** 2).sum(dim=-1)) ** 2
+    for first in range(0, n, 64):  # 64 rows at a time: the norm of each difference, then squared
+        difference = points[first:first + 64, None, :] - points[None, :, :]
+        distances[first:first + 64] = torch.sqrt((difference ** 2).sum(dim=-1)) ** 2
     order = torch.sort(distances, dim=1, stable=True)
     near_indices = order.indices[:, 1:neighbours + 1]  # drop the first: the point itself
     k_distance = order.values[:, neighbours]
@@ -211,10 +214,12 @@ def lof_scores(points: torch.Tensor, neighbours: int = LOF_NEIGHBOURS) -> torch.
 
 
 def linear_quantile(values: torch.Tensor, q: float) -> torch.Tensor:
-    """torch.quantile(values, q) (linear interpolation) in float32, by hand: the rank q*(n-1) in float32,
-    the samples below and above it, and ATen's two-sided lerp."""
+    """The linear-interpolation quantile of float32 values as SC-CLIP's torch.quantile computed it: the
+    rank float32(q) * (n - 1) rounded to float32, the samples below and above it, ATen's two-sided lerp.
+    With q = 0.95 and n = 441 the rank is exactly 418, so tau is that sample. (Newer torch releases
+    compute the rank in float64, 417.9999947..., which can put tau just below that sample.)"""
     ordered = torch.sort(values.float()).values
-    rank = torch.tensor(q, dtype=torch.float32) * (ordered.numel() - 1)
+    rank = torch.tensor(q, dtype=torch.float32) * torch.tensor(ordered.numel() - 1, dtype=torch.float32)
     below, above = int(torch.floor(rank)), int(torch.ceil(rank))
     weight = rank - below
     start, end = ordered[below], ordered[above]
@@ -304,7 +309,7 @@ def scclip_map(model, image_rgb_uint8: np.ndarray, resolution: int, label_featur
 # --- ResCLIP -----------------------------------------------------------------------------------
 
 def resclip_last_block(block, tokens: torch.Tensor, omega: torch.Tensor, rcs: list[torch.Tensor],
-                       sfr_term: torch.Tensor | None = None) -> torch.Tensor:
+                       sfr: torch.Tensor | None = None) -> torch.Tensor:
     """ResCLIP's last block on all N+1 tokens: key-key logits (mixed with the float16 SFR term when
     given), + Omega, softmax, mixed with the RCS attention; out_proj; no residual, no MLP."""
     tau_s, lambda_s = RES_SFR
@@ -313,8 +318,8 @@ def resclip_last_block(block, tokens: torch.Tensor, omega: torch.Tensor, rcs: li
     heads = []
     for head, (kh, vh) in enumerate(zip(k, v)):
         logits = kh @ kh.t() * scale
-        if sfr_term is not None:
-            logits = tau_s * ((1 - lambda_s) * logits + sfr_term.float())
+        if sfr is not None:  # sfr: the float16 lambda_s * S_hat of `sfr_term`
+            logits = tau_s * ((1 - lambda_s) * logits + sfr.float())
         probabilities = softmax_rows(logits + omega)
         probabilities = tau_r * ((1 - lambda_r) * probabilities + lambda_r * rcs[head])
         heads.append(probabilities @ vh)
@@ -379,11 +384,11 @@ def pixel_labels(probabilities: torch.Tensor, threshold: float = RES_TEMP_THD) -
 
 
 def patch_labels(labels: torch.Tensor, patch: int = PATCH) -> torch.Tensor:
-    """(g, g) int64: the most frequent pixel label of each patch x patch block, ties to the smallest."""
-    grid = labels.shape[0] // patch
-    out = torch.zeros(grid, grid, dtype=torch.int64)
-    for r in range(grid):
-        for c in range(grid):
+    """(h/p, w/p) int64: the most frequent pixel label of each patch x patch block, ties to the smallest."""
+    rows, cols = labels.shape[0] // patch, labels.shape[1] // patch
+    out = torch.zeros(rows, cols, dtype=torch.int64)
+    for r in range(rows):
+        for c in range(cols):
             block = labels[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch].flatten().tolist()
             counts: dict[int, int] = {}
             for value in block:
@@ -402,15 +407,16 @@ def path_valid(labels: torch.Tensor) -> torch.Tensor:
     coords = torch.tensor([divmod(i, grid) for i in range(n)], dtype=torch.int64)  # (row, col)
     steps = (coords[:, None, :] - coords[None, :, :]).abs().max(dim=-1).values
     total = int(steps.max())
-    t = torch.linspace(0, 1, total + 1).view(1, -1, 1)  # float32
+    t = torch.linspace(0, 1, total + 1).view(1, 1, -1, 1)  # float32
     flat = labels.flatten()
-    valid = torch.ones(n, n, dtype=torch.bool)
-    for i in range(n):  # one start point at a time: (N, T+1, 2) points
-        start = coords[i].view(1, 1, 2)
-        points = torch.round(start * (1 - t) + coords.view(n, 1, 2) * t).long()
-        found = labels[points[..., 0], points[..., 1]]  # (N, T+1)
-        checked = torch.arange(total + 1).view(1, -1) <= steps[i].view(-1, 1)
-        valid[i] = ((found == flat[i]) | ~checked).all(dim=1)
+    valid = torch.empty(n, n, dtype=torch.bool)
+    checked = torch.arange(total + 1).view(1, 1, -1) <= steps.view(n, n, 1)  # s <= steps_ij
+    for first in range(0, n, 64):  # 64 start points at a time: (64, N, T+1, 2) points
+        starts = coords[first:first + 64].view(-1, 1, 1, 2)
+        points = torch.round(starts * (1 - t) + coords.view(1, n, 1, 2) * t).long()
+        found = labels[points[..., 0], points[..., 1]]  # (64, N, T+1)
+        agrees = (found == flat[first:first + 64].view(-1, 1, 1)) | ~checked[first:first + 64]
+        valid[first:first + 64] = agrees.all(dim=-1)
     return valid
 
 
@@ -468,11 +474,21 @@ def rcs_attention(attentions: list[list[torch.Tensor]], depth: int) -> list[torc
     return out
 
 
+def neighbourhood_bias(grid: int, sigma: float = RES_SIGMA) -> torch.Tensor:
+    """Omega ((N+1), (N+1)) float32: exp(-((r1-r2)^2 + (c1-c2)^2) / (2 sigma^2)) between patches (in
+    float64, then rounded); zero class row and column."""
+    n = grid * grid
+    rows = (torch.arange(n, dtype=torch.float64) // grid).view(-1, 1)
+    cols = (torch.arange(n, dtype=torch.float64) % grid).view(-1, 1)
+    omega = torch.zeros(n + 1, n + 1, dtype=torch.float64)
+    omega[1:, 1:] = torch.exp(-((rows - rows.t()) ** 2 + (cols - cols.t()) ** 2) / (2 * sigma * sigma))
+    return omega.float()
+
+
 def resclip_cosine(visual, h_last: torch.Tensor, rcs: list[torch.Tensor], grid: int,
                    label_features: torch.Tensor, sfr: torch.Tensor | None = None) -> torch.Tensor:
     """(K, g, g) cosine map of one ResCLIP last-block pass (with the SFR term when given)."""
-    omega = neighbourhood(grid, RES_SIGMA)
-    out = resclip_last_block(visual.transformer.resblocks[-1], h_last, omega, rcs, sfr)
+    out = resclip_last_block(visual.transformer.resblocks[-1], h_last, neighbourhood_bias(grid), rcs, sfr)
     return finish(visual, out[1:], label_features.float()).reshape(-1, grid, grid)
 
 
