@@ -26,6 +26,7 @@ from surgery.method.labels import Label
 from surgery.method.options import MapOptions
 from surgery.method.results import MapsResult, MaskPrediction
 from surgery.method.table import METHOD_TABLE
+from surgery.pipeline import proxy_of
 from surgery.sam.segmenter import ImageEmbedding
 
 from .model_store import ModelStore
@@ -106,9 +107,11 @@ def _scaled(resolution: int) -> float:
     return (resolution / REFERENCE_SIDE) ** 2
 
 
-def _maps_seconds(backbone, rgb, labels, options: MapOptions) -> float:
+def _maps_seconds(backbone, rgb, labels, options: MapOptions, sam_key=None) -> float:
     dense = sum(1 for m in options.methods if METHOD_TABLE[m].block)
-    return TASK_START_S + CLIP_IMAGE_S * _scaled(options.resolution) * (1 + dense) + PER_LABEL_S * len(labels)
+    proxy = sum(1 for m in options.methods if METHOD_TABLE[m].proxy)
+    return (TASK_START_S + CLIP_IMAGE_S * _scaled(options.resolution) * (1 + dense) + PER_LABEL_S * len(labels)
+            + proxy * _embed_seconds(sam_key, rgb))
 
 
 def _embed_seconds(sam_key, rgb) -> float:
@@ -139,9 +142,11 @@ class ModelWork:
         self.decode = task(_decode_seconds, self._decode)  # every label's prompt in one task
         self.pre_encode = task(_pre_encode_seconds, self._pre_encode)
 
-    def _maps(self, backbone: str | None, rgb: np.ndarray, labels: tuple[Label, ...],
-              options: MapOptions) -> MapsResult:
-        return self.store.clip(backbone).compute_maps(rgb, labels, options)
+    def _maps(self, backbone: str | None, rgb: np.ndarray, labels: tuple[Label, ...], options: MapOptions,
+              sam_key: tuple[str, str] | None = None) -> MapsResult:
+        """The raw maps; the SAM of `sam_key` is ProxyCLIP's proxy where that method is computed."""
+        proxy = proxy_of(self.store.sam(*sam_key)) if sam_key is not None else None
+        return self.store.clip(backbone).compute_maps(rgb, labels, options, proxy=proxy)
 
     def _embed(self, sam_key: tuple[str, str], rgb: np.ndarray) -> ImageEmbedding:
         embedding = self.store.sam(*sam_key).embed(rgb)
@@ -164,7 +169,7 @@ class ModelWork:
         if sam_key is None:
             return None
         loaded = self.store.sam(*sam_key, progress=progress)
-        return GpuSegmenter(self, sam_key, loaded.name, loaded.model_id)
+        return GpuSegmenter(self, sam_key, loaded.name, loaded.model_id, loaded.family)
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,7 @@ class GpuSegmenter:
     key: tuple[str, str]
     name: str
     model_id: str
+    family: str
 
     def embed(self, image_rgb: np.ndarray) -> ImageEmbedding:
         return self.work.embed(self.key, image_rgb)

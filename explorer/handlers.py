@@ -19,7 +19,7 @@ import gradio as gr
 
 from surgery.errors import InputError, UserError
 from surgery.method.options import resolution_value, snap_resolution
-from surgery.method.table import METHOD_TABLE, default_points_from, method_title
+from surgery.method.table import METHOD_TABLE, check_segmenter, default_points_from, method_title
 from surgery.method.threshold import check_threshold
 from surgery.method.options import PointOptions
 from surgery.method.views import Explanation, apply_threshold
@@ -155,9 +155,19 @@ class Handlers:
         request = build_request(labels_text, threshold=threshold, resolution=resolution, redundancy=redundancy,
                                 methods=methods, points_from=points_from, precision=precision,
                                 device=self._placement(), instances=instances, positive_only=positive_only)
-        return request, self.store.sam_key(sam_choice, request.maps.precision)
+        sam_key = self.store.sam_key(sam_choice, request.maps.precision)
+        if sam_key is None:
+            check_segmenter(request.maps.methods, None)  # with SAM on: once the model is known (_segmenter_for)
+        return request, sam_key
 
-    def _maps(self, image, request: ExplainRequest, backbone, progress=None):
+    def _segmenter_for(self, request: ExplainRequest, sam_key, progress=None):
+        """The session's segmenter (None: SAM off), checked against the request's methods."""
+        segmenter = self.work.segmenter(sam_key, progress=progress)
+        if segmenter is not None:
+            check_segmenter(request.maps.methods, segmenter.family)
+        return segmenter
+
+    def _maps(self, image, request: ExplainRequest, backbone, sam_key=None, progress=None):
         """The working image, the explainer, the raw maps and the notes for the page. The resolution is
         snapped to the backbone's patch size (with a note) rather than refused."""
         working = image_array(image)
@@ -165,7 +175,7 @@ class Handlers:
         size, note = snap_resolution(request.maps.resolution, explainer.patch_size)
         request = request.at_resolution(size)
         explainer.check_fits(request.maps)
-        maps = self.work.maps(backbone, working.rgb, request.labels, request.maps)
+        maps = self.work.maps(backbone, working.rgb, request.labels, request.maps, sam_key)
         notes = request.notes + tuple(n for n in (working.note, note) if n)
         return working, explainer, maps, notes
 
@@ -211,8 +221,8 @@ class Handlers:
         request, sam_key = self._checked_request(image, labels_text, threshold, resolution, redundancy, sam_choice,
                                                  precision, instances, positive_only, methods, points_from)
         progress(0.05, desc="Maps…")
-        working, explainer, maps, notes = self._maps(image, request, backbone, _progress_messages(progress))
-        segmenter = self.work.segmenter(sam_key, progress=_progress_messages(progress))
+        segmenter = self._segmenter_for(request, sam_key, _progress_messages(progress))
+        working, explainer, maps, notes = self._maps(image, request, backbone, sam_key, _progress_messages(progress))
         state = S.SessionState(
             working.rgb, maps, explainer.name, None if segmenter is None else segmenter.name, sam_key, None, notes,
             point_options=request.points, image_name=image_file_name(image), source_size=working.source_size,
@@ -261,8 +271,8 @@ class Handlers:
         _check_flag("include_files", include_files)
         request, sam_key = self._checked_request(image, labels_text, threshold, resolution, redundancy, sam_choice,
                                                  precision, instances, positive_only, methods, points_from)
-        working, explainer, maps, notes = self._maps(image, request, backbone)
-        segmenter = self.work.segmenter(sam_key)
+        segmenter = self._segmenter_for(request, sam_key)
+        working, explainer, maps, notes = self._maps(image, request, backbone, sam_key)
         state = S.SessionState(
             working.rgb, maps, explainer.name, None if segmenter is None else segmenter.name, sam_key,
             None if segmenter is None else segmenter.embed(working.rgb), notes, point_options=request.points,

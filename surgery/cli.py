@@ -20,6 +20,7 @@ from .device import resolve_device
 from .errors import InputError, UserError, WeightsUnavailable
 from .images import expand_images, unique_stem
 from .memory import release_freed_memory
+from .method.table import check_segmenter
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,8 +68,12 @@ def run_explain(args: argparse.Namespace) -> int:
         raise InputError("No images found in the given folders.")
     explainer = load_clip(args.model, args.clip_checkpoint, text_cache_dir=default_text_cache_dir(), device=device)
     explainer.check_fits(request.maps)  # once, not once per image
+    if args.no_sam:
+        check_segmenter(request.maps.methods, None)
     segmenter = None if args.no_sam else load_segmenter(args.sam_model, args.sam_checkpoint,
                                                         precision=request.maps.precision, device=device)
+    if segmenter is not None:
+        check_segmenter(request.maps.methods, segmenter.family)
     failures = 0
     used: set[str] = set()
     for path in tqdm(images, desc="explaining", unit="image", disable=len(images) < 2):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .clip.dense import ProxyEncoder
 from .clip.explainer import ClipExplainer
 from .images import WORK_MAX_SIDE, WorkingImage, fit_long_side, load_image
 from .method.views import Explanation, apply_threshold, decode_masks
@@ -22,12 +23,18 @@ from .sam.segmenter import SamSegmenter
 
 def explain_image(explainer: ClipExplainer, segmenter: SamSegmenter | None, image_rgb: np.ndarray,
                   request: ExplainRequest) -> Explanation:
-    """Raw maps for the request's labels, viewed at its threshold, with SAM's masks when `segmenter` is given."""
-    maps = explainer.compute_maps(image_rgb, request.labels, request.maps)
+    """Raw maps for the request's labels, viewed at its threshold, with SAM's masks when `segmenter` is given
+    (whose image encoder is also ProxyCLIP's proxy)."""
+    maps = explainer.compute_maps(image_rgb, request.labels, request.maps, proxy=proxy_of(segmenter))
     explanation = apply_threshold(maps, request.threshold, request.points)
     if segmenter is None:
         return explanation
     return add_masks(explanation, segmenter, image_rgb)
+
+
+def proxy_of(segmenter) -> ProxyEncoder | None:
+    """The segmenter's image encoder as ProxyCLIP's proxy, where it has one (SAM's ViT encoder)."""
+    return getattr(segmenter, "proxy", None)
 
 
 def add_masks(explanation: Explanation, segmenter: SamSegmenter, image_rgb: np.ndarray) -> Explanation:

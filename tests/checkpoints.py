@@ -73,3 +73,35 @@ def write_random_sam_checkpoint(path: str | os.PathLike, arch: SamArchitecture, 
     else:
         torch.save(weights, str(path))
     return path
+
+
+def write_proxy_sam_checkpoint(path: str | os.PathLike) -> Path:
+    """The methods2 fixture's tiny SAM (`sam_tiny.pth`) as the official release stores one (a plain state
+    dict, torch.save): its image encoder, kept in tests/data/methods2/sam_image_encoder.safetensors, plus
+    the prompt encoder and mask decoder of a seeded random segment_anything model of the matching shape
+    (they do not touch ProxyCLIP's proxy features)."""
+    from functools import partial
+
+    from safetensors.torch import load_file
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    torch.manual_seed(0)
+    sam = Sam(  # as segment_anything.build_sam._build_sam lays one out, at the tiny encoder's shape
+        image_encoder=ImageEncoderViT(depth=3, embed_dim=96, img_size=1024, mlp_ratio=4,
+                                      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=3,
+                                      patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1,),
+                                      window_size=14, out_chans=256),
+        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
+                                     mask_in_chans=16),
+        mask_decoder=MaskDecoder(num_multimask_outputs=3,
+                                 transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+                                 transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256),
+        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
+    )
+    state = sam.state_dict()
+    encoder = load_file(Path(__file__).parent / "data" / "methods2" / "sam_image_encoder.safetensors")
+    assert set(encoder) == {k for k in state if k.startswith("image_encoder.")}
+    state.update(encoder)
+    path = Path(path)
+    torch.save(state, path)
+    return path

@@ -27,11 +27,12 @@ from ..method.prompts import background_vocabulary, imagenet_templates, prompt_t
 from ..method.results import LabelMaps, MapsResult
 from ..method.table import IMAGENET_TEMPLATES, METHOD_TABLE, SURGERY_TEMPLATES, check_backbone
 from ..precision import autocast
-from . import last_blocks
+from . import dense
 from .preprocess import CLIP_MEAN, CLIP_STD, clip_input
 from .prompt_prefix import PrefixEncoder
 from .resnet import OUTPUT_STRIDE, encode_resnet_tokens
 from .text_store import TextFeatureStore
+from .trunk import TrunkRecord
 from .vit import ImageTokens, encode_image_tokens
 
 calls = logging.getLogger("surgery.calls")  # one line per real model call (tests count them)
@@ -106,32 +107,63 @@ class ClipExplainer:
 
         return self._image_cache.get_or_compute(key, compute)
 
-    def dense_tokens(self, image_rgb: np.ndarray, resolution: int, method: str, precision: str = "fp32",
-                     tokens: ImageTokens | None = None) -> torch.Tensor:
-        """(g*g, c) float32 normalised patch tokens of a method that replaces the last block
-        (docs/method.md §9). The trunk is computed once per image and resolution for all such methods,
-        and not at all at the native grid, where the dual-path forward's `tokens.trunk` is the same."""
-        last_block = last_blocks.LAST_BLOCKS[method]
+    def dense_features(self, image_rgb: np.ndarray, resolution: int, methods: list[str], precision: str = "fp32",
+                       tokens: ImageTokens | None = None, label_texts: tuple[str, ...] = (),
+                       proxy: dense.ProxyEncoder | None = None) -> dict[str, tuple[torch.Tensor, tuple[int, int]]]:
+        """method -> ((rows*cols, D) float32 normalised patch features, (rows, cols)) of methods that replace
+        the last block (docs/method.md §9-10), each cached per image and resolution (and per label list
+        for ResCLIP, whose map depends on it). The trunk is computed once for all the methods missing
+        from the cache, keeping what each reads, and not at all at the native grid when they need only
+        its last state, which the dual-path forward's `tokens.trunk` is."""
         image = image_key(image_rgb)
         visual = self.model.visual
+        label_key = (IMAGENET_TEMPLATES, tuple(label_texts))
 
-        def trunk() -> torch.Tensor:
-            if tokens is not None and tokens.trunk is not None:
-                return tokens.trunk
-            self.image_encodings += 1
-            calls.info("model call: CLIP image encoder (trunk, bicubic positions) at %d px", resolution)
+        def key(method: str) -> tuple:
+            row = dense.DENSE_METHODS[method]
+            return (image, resolution, "dense", method, precision, label_key if row.uses_labels else None,
+                    proxy.model_id if row.uses_proxy and proxy is not None else None)
+
+        if proxy is None and any(dense.DENSE_METHODS[m].uses_proxy for m in methods):
+            raise InputError("ProxyCLIP takes its attention from SAM's image encoder: load SAM (a vit_* model) "
+                             "and pass its proxy.")
+        found = {m: self._image_cache.get(key(m)) for m in methods}
+        missing = [m for m, value in found.items() if value is None]
+        if missing:
             pixels = clip_input(image_rgb, resolution, self.mean, self.std, self.device)
-            with autocast(precision, self.device):
-                return last_blocks.trunk(visual, pixels)
+            inputs = dense.DenseInputs(
+                visual, self._trunk(image, pixels, resolution, missing, precision, tokens), pixels,
+                label_features=(self.text_features(list(label_texts), IMAGENET_TEMPLATES)
+                                if any(dense.DENSE_METHODS[m].uses_labels for m in missing) else None),
+                proxy=(dense.proxy_features(proxy, image_rgb, pixels, resolution, self.mean, self.std)
+                       if any(dense.DENSE_METHODS[m].uses_proxy for m in missing) else None))
+            for method in missing:
+                calls.info("model call: CLIP last block for %s", method)
+                with autocast(precision, self.device):
+                    features = dense.method_features(inputs, method)[0]
+                found[method] = (features, dense.method_grid(inputs, method))
+                self._image_cache.put(key(method), found[method])
+        return found
 
-        def compute() -> torch.Tensor:
-            h = self._image_cache.get_or_compute((image, resolution, "trunk", precision), trunk)
-            calls.info("model call: CLIP last block for %s", method)
-            with torch.inference_mode(), autocast(precision, self.device):
-                out = last_block(visual.transformer.resblocks[-1], h, resolution // self.patch_size)
-                return last_blocks.patch_tokens(visual, out)[0].float()
-
-        return self._image_cache.get_or_compute((image, resolution, "dense", method, precision), compute)
+    def _trunk(self, image: str, pixels: torch.Tensor, resolution: int, methods: list[str], precision: str,
+               tokens: ImageTokens | None) -> TrunkRecord:
+        """The trunk `methods` read: the dual-path forward's at the native grid when they read only its
+        last state, else one pass keeping what they all read (its last state cached for later methods)."""
+        visual = self.model.visual
+        blocks = len(visual.transformer.resblocks)
+        plain = not any(dense.DENSE_METHODS[m].attention_blocks(blocks) or dense.DENSE_METHODS[m].hidden_blocks(blocks)
+                        for m in methods)
+        slim_key = (image, resolution, "trunk", precision)
+        last = tokens.trunk if tokens is not None and tokens.trunk is not None else self._image_cache.get(slim_key)
+        if plain and last is not None:
+            grid = tuple(dim // self.patch_size for dim in pixels.shape[-2:])
+            return TrunkRecord(last, {blocks - 2: last}, {}, grid, blocks)
+        self.image_encodings += 1
+        calls.info("model call: CLIP image encoder (trunk, bicubic positions) at %d px", resolution)
+        with autocast(precision, self.device):
+            record = dense.trunk_for(visual, pixels, methods)
+        self._image_cache.put(slim_key, record.last)
+        return record
 
     def text_features(self, texts: list[str], templates: str = SURGERY_TEMPLATES) -> torch.Tensor:
         """(K, c) float32 ensemble features over a template set, computing only the labels not cached yet.
@@ -168,39 +200,40 @@ class ClipExplainer:
 
     # --- maps --------------------------------------------------------------
     def compute_maps(self, image_rgb: np.ndarray, labels: tuple[Label, ...] | list[Label],
-                     options: MapOptions = MapOptions()) -> MapsResult:
-        """Raw maps of every method in `options` for each label (docs/method.md §4, §5, §9).
+                     options: MapOptions = MapOptions(), proxy: dense.ProxyEncoder | None = None) -> MapsResult:
+        """Raw maps of every method in `options` for each label (docs/method.md §4, §5, §9, §10).
 
         `options` is trusted: it was checked when it was made (`MapOptions`, `surgery.request`), and
-        against this model by `check_fits`.
+        against this model by `check_fits`. `proxy` gives ProxyCLIP its proxy features (a SAM
+        segmenter's `proxy_encoder()`); it must be given when ProxyCLIP is among the methods.
         """
         methods = options.methods
         timings: dict[str, float] = {}
         start = time.perf_counter()
         tokens = self.image_tokens(image_rgb, options.resolution, options.surgery_depth, options.precision)
         timings["clip_image"] = time.perf_counter() - start
-        dense = [m for m in methods if METHOD_TABLE[m].block]
-        if dense:
-            start = time.perf_counter()
-            dense_tokens = {m: self.dense_tokens(image_rgb, options.resolution, m, options.precision, tokens)
-                            for m in dense}
-            timings["dense_image"] = time.perf_counter() - start
-
-        start = time.perf_counter()
+        block_methods = [m for m in methods if METHOD_TABLE[m].block]
         plain_texts = [label.text for label in labels if not label.is_combined]
         part_texts = [part for label in labels if label.is_combined for part in label.parts]
         label_texts = list(dict.fromkeys(plain_texts + part_texts))
+        if block_methods:
+            start = time.perf_counter()
+            block_features = self.dense_features(image_rgb, options.resolution, block_methods, options.precision,
+                                                 tokens, tuple(label_texts), proxy)
+            timings["dense_image"] = time.perf_counter() - start
+
+        start = time.perf_counter()
         context = label_texts  # what the labels are contrasted with
         if options.redundancy == "vocab":
             context = list(dict.fromkeys(context + list(background_vocabulary())))
         features = self.text_features(context + [""])  # float32 whatever the image encoders ran in
         context_features, empty_feature = features[:-1], features[-1]
         index = {text: i for i, text in enumerate(context)}
-        imagenet_features = self.text_features(label_texts, IMAGENET_TEMPLATES) if dense else None
+        imagenet_features = self.text_features(label_texts, IMAGENET_TEMPLATES) if block_methods else None
         timings["text"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        grid = tokens.grid
+        grid = (tokens.grid, tokens.grid)
         similarity = {"clip": feature_surgery.plain_similarity(tokens.clip_tokens, context_features)}
         if "surgery" in methods:
             surgery_tokens = tokens.surgery_tokens
@@ -214,18 +247,22 @@ class ClipExplainer:
         presence = feature_surgery.presence_probabilities(tokens.clip_tokens[0, 0], context_features,
                                                           self.logit_scale).cpu()
         label_index = {text: i for i, text in enumerate(label_texts)}
-        dense_similarity = {m: dense_tokens[m] @ imagenet_features.T for m in dense}  # (g*g, labels) cosines
+        # (rows*cols, labels) cosines and the grid of each method that replaces the last block
+        block_similarity = {m: (features @ imagenet_features.T, method_grid)
+                            for m, (features, method_grid) in (block_features.items() if block_methods else ())}
 
         def method_parts(method: str, label: Label) -> np.ndarray:
-            """(P, g, g) raw maps of one method for a label's parts."""
-            if method in dense_similarity:
+            """(P, rows, cols) raw maps of one method for a label's parts."""
+            if method in block_similarity:
+                cosines, (rows, cols) = block_similarity[method]
                 columns = [label_index[t] for t in label.parts]
-                rows = dense_similarity[method][:, columns].T
+                values = cosines[:, columns].T
             else:
                 source = parts_similarity if method == "surgery" and label.is_combined else similarity[method]
                 columns = [index[t] for t in label.parts]
-                rows = source[0, 1:, columns].T
-            return rows.reshape(len(columns), grid, grid).cpu().numpy().astype(np.float32)
+                values = source[0, 1:, columns].T
+                rows, cols = grid
+            return values.reshape(len(columns), rows, cols).cpu().numpy().astype(np.float32)
 
         results = []
         for label in labels:

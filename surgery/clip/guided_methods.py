@@ -1,6 +1,6 @@
 """SC-CLIP, ResCLIP and ProxyCLIP: training-free CLIP dense methods that guide the last block.
 
-MaskCLIP, ClearCLIP, SCLIP and NACLIP (`dense_methods`) rebuild CLIP's last block
+MaskCLIP, ClearCLIP, SCLIP and NACLIP (`last_blocks`) rebuild CLIP's last block
 from that block's own queries and keys. The three methods here steer its
 attention with something from outside it, which is why they live apart:
 
@@ -19,9 +19,8 @@ Contracts (all pure: tensors in, tensors out, float32 arithmetic except ResCLIP'
 two documented float16 roundings, under `torch.inference_mode`; the models'
 weights and modules are read and never modified):
 
-- `record_trunk(visual, pixels, attention_blocks)` -> `TrunkRecord`: the trunk of
-  `dense_methods.trunk` (DINO positional resize, blocks 0 .. L-2 unchanged), keeping
-  every block's output and the attention probabilities of the blocks asked for.
+- the trunk is `surgery.clip.trunk.record_trunk`, asked for the block outputs SC-CLIP reads
+  (`scclip_hidden_blocks`) and the attention ResCLIP averages (`resclip_attention_blocks`).
 - `scclip_tokens(visual, record)`, `resclip_tokens(visual, record, pixels, label_features)`:
   (B, gh*gw, D) L2-normalised patch features, patches row-major.
 - `proxy_embedding(image_encoder, pixels)`: (B, 256, 64, 64), ProxyCLIP's own SAM
@@ -42,26 +41,24 @@ ProxyCLIP's value reshape), and the row-major layout is used here instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .dense_methods import dino_positional_embedding
 from .preprocess import CLIP_MEAN, CLIP_STD
+from .trunk import TrunkRecord
 
 __all__ = [
-    "TrunkRecord",
     "pamr",
     "proxy_embedding",
+    "proxy_input",
     "proxyclip_tokens",
-    "record_trunk",
     "resclip_attention_blocks",
     "resclip_tokens",
     "scaled_layer_index",
+    "scclip_hidden_blocks",
     "scclip_layers",
     "scclip_tokens",
 ]
@@ -111,26 +108,6 @@ _LOF_CHUNK_ELEMENTS = 1 << 25
 _PATH_CHUNK_ELEMENTS = 1 << 24
 
 
-@dataclass(frozen=True)
-class TrunkRecord:
-    """What the three methods read from CLIP's trunk.
-
-    `hidden`: h_1 .. h_{L-1}, each (B, 1 + gh*gw, C), batch-first, class token first, the raw
-    residual stream after that block. `attention`: block index (0-based) -> (B, heads, T, T)
-    softmax(q k^T / sqrt(d)) of that block, T = 1 + gh*gw, only for the blocks asked for.
-    `grid`: (gh, gw) patches.
-    """
-
-    hidden: tuple[torch.Tensor, ...]
-    attention: Mapping[int, torch.Tensor]
-    grid: tuple[int, int]
-
-    @property
-    def blocks(self) -> int:
-        """L, the vision tower's number of blocks (the trunk is all of them but the last)."""
-        return len(self.hidden) + 1
-
-
 def scaled_layer_index(index: int, blocks: int) -> int:
     """An official layer index for a tower of `blocks` blocks: unchanged when blocks >= 12,
     else floor(index * blocks / 12 + 1/2) (METHODS2.md)."""
@@ -151,6 +128,13 @@ def scclip_layers(blocks: int) -> tuple[int, int, tuple[int, int]]:
     return pre, post, (start, end)
 
 
+def scclip_hidden_blocks(blocks: int) -> tuple[int, ...]:
+    """The trunk blocks (0-based) whose outputs SC-CLIP reads, for L = `blocks`; pass them to
+    `record_trunk(..., hidden_blocks=...)`."""
+    pre, post, (start, end) = scclip_layers(blocks)
+    return tuple(sorted({pre, post, *range(start, end), blocks - 2}))
+
+
 def resclip_attention_blocks(blocks: int) -> tuple[int, ...]:
     """The trunk blocks (0-based) whose attention ResCLIP averages, for L = `blocks`;
     pass them to `record_trunk(..., attention_blocks=...)`."""
@@ -169,21 +153,6 @@ def _check_pixels(pixels: torch.Tensor, patch: int) -> None:
     if pixels.shape[-2] % patch or pixels.shape[-1] % patch or min(pixels.shape[-2:]) < patch:
         raise InputError(f"The CLIP input's sides {tuple(pixels.shape[-2:])} must be multiples of the patch size "
                          f"{patch}.")
-
-
-def _positional_embedding(positional_embedding: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """(1 + rows*cols, C): the DINO resize of `dense_methods.dino_positional_embedding`, on both axes."""
-    if rows == cols:
-        return dino_positional_embedding(positional_embedding, rows)
-    native = round((positional_embedding.shape[0] - 1) ** 0.5)
-    width = positional_embedding.shape[1]
-    patches = positional_embedding[1:].float().reshape(1, native, native, width).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches, scale_factor=((rows + 0.1) / native, (cols + 0.1) / native),
-                            mode="bicubic", align_corners=False)
-    if patches.shape[-2:] != (rows, cols):
-        raise ValueError(f"DINO resize gave {tuple(patches.shape[-2:])}, expected ({rows}, {cols})")
-    patches = patches.permute(0, 2, 3, 1).reshape(rows * cols, width)
-    return torch.cat([positional_embedding[:1].float(), patches], dim=0)
 
 
 def _split_heads(block, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -207,46 +176,6 @@ def _merge_heads(block, out: torch.Tensor, batch: int) -> torch.Tensor:
     heads = heads_total // batch
     merged = out.reshape(batch, heads, tokens, head_dim).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
     return block.attn.out_proj(merged)
-
-
-def _attention_probabilities(block, h: torch.Tensor) -> torch.Tensor:
-    """(B, heads, T, T) softmax((q / sqrt(d)) k^T) of the block on input h, as ResCLIP records it."""
-    q, k, _ = _split_heads(block, h)
-    scale = q.shape[-1] ** -0.5
-    weights = torch.softmax(torch.bmm(q * scale, k.transpose(1, 2)), dim=-1)
-    return weights.reshape(h.shape[0], -1, *weights.shape[-2:])
-
-
-@torch.inference_mode()
-def record_trunk(visual, pixels: torch.Tensor, attention_blocks: Sequence[int] = ()) -> TrunkRecord:
-    """Patch embedding, class token, DINO-resized positions, ln_pre, blocks 0 .. L-2 unchanged.
-
-    pixels: (B, 3, H, W) CLIP input (`clip_input`), H and W multiples of the patch size. The
-    last hidden state equals `dense_methods.trunk(visual, pixels)` exactly. The attention of a
-    block in `attention_blocks` (0 .. L-2) is computed from that block's own ln_1 and
-    in-projection beside the block, whose output is left as the block computes it.
-    """
-    patch = visual.conv1.kernel_size[0]
-    _check_pixels(pixels, patch)
-    trunk_blocks = visual.transformer.resblocks[:-1]
-    wanted = {int(i) for i in attention_blocks}
-    if any(not 0 <= i < len(trunk_blocks) for i in wanted):
-        raise ValueError(f"attention blocks {sorted(wanted)} outside the trunk's 0 .. {len(trunk_blocks) - 1}")
-    x = visual.conv1(pixels.float())
-    rows, cols = x.shape[-2:]
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.float().view(1, 1, -1).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1)
-    x = x + _positional_embedding(visual.positional_embedding, rows, cols).float()
-    x = visual.ln_pre(x)
-    hidden: list[torch.Tensor] = []
-    attention: dict[int, torch.Tensor] = {}
-    for index, block in enumerate(trunk_blocks):
-        if index in wanted:
-            attention[index] = _attention_probabilities(block, x)
-        x = block(x)  # open_clip's blocks are batch-first (B, T, C)
-        hidden.append(x)
-    return TrunkRecord(tuple(hidden), MappingProxyType(attention), (int(rows), int(cols)))
 
 
 def _finish(visual, tokens: torch.Tensor) -> torch.Tensor:
@@ -274,8 +203,22 @@ def _lof_outliers(patches: torch.Tensor) -> torch.Tensor:
     reach_distances = torch.max(knn_distances, k_distances)
     density = SCCLIP_LOF_NEIGHBOURS / torch.nan_to_num(reach_distances.mean(dim=1), nan=1e-6)
     factor = (density[knn_indices] / density.unsqueeze(1)).mean(dim=1)
-    threshold = torch.quantile(factor.to(torch.float32), 1 - SCCLIP_LOF_CONTAMINATION)
+    threshold = _quantile(factor.to(torch.float32), 1 - SCCLIP_LOF_CONTAMINATION)
     return torch.where(factor > threshold)[0]
+
+
+def _quantile(values: torch.Tensor, q: float) -> torch.Tensor:
+    """`torch.quantile(values, q)` (linear interpolation) with the rank q (n - 1) computed in float32, as
+    the torch releases SC-CLIP was written with did: with q = 0.95 and n = 441 the rank is exactly 418,
+    so the threshold is that sample, which is then not an outlier (METHODS2.md). Newer releases compute
+    the rank in float64 (417.99999...), which moves the threshold just below it."""
+    ordered = torch.sort(values).values
+    rank = torch.tensor(q, dtype=torch.float32) * torch.tensor(ordered.numel() - 1, dtype=torch.float32)
+    below, above = int(torch.floor(rank)), int(torch.ceil(rank))
+    weight = rank - below
+    start, end = ordered[below], ordered[above]
+    # ATen's lerp: from the nearer end, so that a weight of 0 or 1 gives that sample exactly
+    return start + weight * (end - start) if weight < 0.5 else end - (end - start) * (1 - weight)
 
 
 def _repair(patches: torch.Tensor, outliers: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -339,11 +282,14 @@ def scclip_tokens(visual, record: TrunkRecord) -> torch.Tensor:
         raise InputError(f"SC-CLIP needs more than {SCCLIP_LOF_NEIGHBOURS} patches; "
                          f"a {rows}x{cols} grid has {rows * cols}. Use a larger resolution.")
     pre, post, (start, end) = scclip_layers(record.blocks)
+    missing = [i for i in scclip_hidden_blocks(record.blocks) if i not in record.hidden]
+    if missing:
+        raise ValueError(f"record_trunk was not asked for the outputs of blocks {missing}")
     block = visual.transformer.resblocks[-1]
     outputs = []
-    for b in range(record.hidden[-1].shape[0]):
-        hidden = [h[b:b + 1] for h in record.hidden]  # the official code's batch of one
-        last = hidden[-1]
+    for b in range(record.last.shape[0]):
+        hidden = {i: h[b:b + 1] for i, h in record.hidden.items()}  # the official code's batch of one
+        last = record.last[b:b + 1]
         outliers = _lof_outliers(last[0, 1:])
         x = _repair(last[:, 1:], outliers, rows, cols)
         guide, pre_weights = _cosine_cut(_repair(hidden[pre][:, 1:], outliers, rows, cols))
@@ -351,7 +297,7 @@ def scclip_tokens(visual, record: TrunkRecord) -> torch.Tensor:
         x = _scclip_last_block(block, x, guide) + SCCLIP_RES_CLS * last[:, :1]
         _, post_weights = _cosine_cut(hidden[post][:, 1:])
         x = _aggregate(x, post_weights)
-        fused = torch.zeros_like(hidden[0])
+        fused = torch.zeros_like(last)
         for index in range(start, end):
             fused += hidden[index]
         fused = _scclip_last_block(block, fused[:, 1:], guide) + SCCLIP_RES_CLS * fused[:, :1]
@@ -525,7 +471,7 @@ def resclip_tokens(visual, record: TrunkRecord, pixels: torch.Tensor, label_feat
     rows, cols = record.grid
     patch = visual.conv1.kernel_size[0]
     _check_pixels(pixels, patch)
-    if tuple(pixels.shape[-2:]) != (rows * patch, cols * patch) or pixels.shape[0] != record.hidden[-1].shape[0]:
+    if tuple(pixels.shape[-2:]) != (rows * patch, cols * patch) or pixels.shape[0] != record.last.shape[0]:
         raise ValueError(f"pixels {tuple(pixels.shape)} are not the input of a {rows}x{cols} record")
     if label_features.ndim != 2 or label_features.shape[0] == 0:
         raise InputError("ResCLIP needs at least one label.")
@@ -534,7 +480,7 @@ def resclip_tokens(visual, record: TrunkRecord, pixels: torch.Tensor, label_feat
     if missing:
         raise ValueError(f"record_trunk was not asked for the attention of blocks {missing}")
     block = visual.transformer.resblocks[-1]
-    h = record.hidden[-1]
+    h = record.last
     omega = _resclip_neighbourhood_bias(rows, cols, RESCLIP_SIGMA, h.device).to(h.dtype)
     rcs = torch.stack([record.attention[i] for i in blocks]).mean(dim=0)  # (B, heads, T, T)
     label_features = label_features.float()
@@ -551,12 +497,12 @@ def resclip_tokens(visual, record: TrunkRecord, pixels: torch.Tensor, label_feat
 
 
 @torch.inference_mode()
-def proxy_embedding(image_encoder, pixels: torch.Tensor, mean: Sequence[float] = CLIP_MEAN,
-                    std: Sequence[float] = CLIP_STD) -> torch.Tensor:
-    """(B, out_chans, S/16, S/16) (256 x 64 x 64 for SAM) ProxyCLIP's proxy features: the CLIP input
-    un-normalised with (mean, std), normalised with ImageNet's mean and std, resized bilinearly to
-    the encoder's S x S (1024), through SAM's `image_encoder`. This is not the embedding SAM's
-    predictor computes (longest-side resize plus padding of the original image)."""
+def proxy_input(pixels: torch.Tensor, size: int = PROXY_INPUT_SIZE, mean: Sequence[float] = CLIP_MEAN,
+                std: Sequence[float] = CLIP_STD) -> torch.Tensor:
+    """(B, 3, size, size): what ProxyCLIP hands SAM's image encoder, the CLIP input un-normalised with
+    (mean, std), normalised with ImageNet's mean and std, resized bilinearly (align_corners=False) to
+    the encoder's input size. Not what SAM's predictor encodes (longest-side resize of the original
+    image plus padding)."""
     if pixels.ndim != 4 or pixels.shape[1] != 3:
         raise InputError(f"Expected CLIP input of shape (B, 3, H, W), got {tuple(pixels.shape)}.")
     x = pixels.float().clone()
@@ -565,9 +511,16 @@ def proxy_embedding(image_encoder, pixels: torch.Tensor, mean: Sequence[float] =
     imagenet_mean = torch.as_tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     imagenet_std = torch.as_tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     x = x.sub_(imagenet_mean).div_(imagenet_std)
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
+@torch.inference_mode()
+def proxy_embedding(image_encoder, pixels: torch.Tensor, mean: Sequence[float] = CLIP_MEAN,
+                    std: Sequence[float] = CLIP_STD) -> torch.Tensor:
+    """(B, out_chans, S/16, S/16) (256 x 64 x 64 for SAM) ProxyCLIP's proxy features: SAM's
+    `image_encoder` on `proxy_input` at its own input size S (1024)."""
     size = int(getattr(image_encoder, "img_size", PROXY_INPUT_SIZE))
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    return image_encoder(x)
+    return image_encoder(proxy_input(pixels, size, mean, std))
 
 
 @torch.inference_mode()
@@ -580,7 +533,7 @@ def proxyclip_tokens(visual, record: TrunkRecord, proxy: torch.Tensor) -> torch.
     residual, no MLP, no class token.
     """
     rows, cols = record.grid
-    h = record.hidden[-1]
+    h = record.last
     if proxy.ndim != 4 or proxy.shape[0] != h.shape[0]:
         raise ValueError(f"proxy features {tuple(proxy.shape)} do not fit a batch of {h.shape[0]}")
     block = visual.transformer.resblocks[-1]

@@ -1,20 +1,10 @@
-"""The last image blocks of the methods that replace CLIP's (docs/method.md §9), and their shared trunk.
+"""The last image blocks of MaskCLIP, ClearCLIP, SCLIP and NACLIP (docs/method.md §9).
 
-Four training-free dense methods that change only CLIP's last image block. Each
-runs the same trunk and then its own last block; `patch_tokens` projects the
-result. Contracts (all pure: torch tensors in and out, float32 arithmetic, no
-caching, the model's weights and modules are read and never modified):
+Four training-free dense methods that change only CLIP's last image block. Each runs the shared
+trunk (`surgery.clip.trunk.record_trunk`) and then its own last block; `patch_tokens` projects the
+result. Contracts (all pure: torch tensors in and out, float32 arithmetic, no caching, the model's
+weights and modules are read and never modified):
 
-- `dino_positional_embedding(pe, g)`: (1 + g*g, C). The patch rows of `pe` resized
-  the DINO way, as the official code of all four methods does: bicubic,
-  `scale_factor = (g + 0.1) / s` on both axes (s the native grid), `align_corners=False`,
-  giving g x g; the class row kept. `pe` itself when g == s. (CLIP Surgery's
-  `positional_embedding_for_grid` resizes bilinearly to (g, g): a different embedding.)
-- `trunk(visual, pixels)`: pixels (B, 3, R, R) as from `clip_input`, R a multiple of
-  the patch size. Patch embedding, class token, the DINO positional embedding,
-  `ln_pre`, blocks 0 .. L-2 unchanged; returns h (B, N, C), N = 1 + g*g, class
-  token first (batch-first, as open_clip runs its blocks). At the native grid this
-  equals the plain forward's first L-1 blocks, so one trunk may be shared there.
 - `maskclip_block`, `clearclip_block`, `sclip_block`, `naclip_block(block, h, ...)`:
   the last block's output tokens (B, N, C) per method (docs/method.md §9):
   with y = ln_1(h), q, k, v the block's in-projection of y split into heads
@@ -28,11 +18,11 @@ caching, the model's weights and modules are read and never modified):
   | NACLIP    | softmax(scale k k^T + Omega)           | out_proj(A v)                            |
 
   MaskCLIP, ClearCLIP and NACLIP keep no residual and no MLP. NACLIP's Omega is a
-  Gaussian over the patch grid, exp(-((y1-y2)^2 + (x1-x2)^2) / (2 sigma^2)), sigma in
+  Gaussian over the (rows, cols) patch grid, exp(-((y1-y2)^2 + (x1-x2)^2) / (2 sigma^2)), sigma in
   patches (5 by default), 0 in the class token's row and column. SCLIP applies the
   block's layer scales ls_1 / ls_2 (identity for OpenAI weights) where the block does.
 - `patch_tokens(visual, tokens)`: `ln_post`, `@ proj`, class token dropped,
-  L2-normalised: (B, g*g, c), patches row-major. The raw map of a method is these
+  L2-normalised: (B, rows*cols, c), patches row-major. The raw map of a method is these
   tokens' cosine with the label features (the 80 ImageNet templates' ensemble).
 """
 
@@ -43,46 +33,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-__all__ = [
-    "LAST_BLOCKS",
-    "clearclip_block",
-    "dino_positional_embedding",
-    "maskclip_block",
-    "naclip_block",
-    "patch_tokens",
-    "sclip_block",
-    "trunk",
-]
+__all__ = ["LAST_BLOCKS", "clearclip_block", "maskclip_block", "naclip_block", "patch_tokens", "sclip_block"]
 
-
-def dino_positional_embedding(positional_embedding: torch.Tensor, grid: int) -> torch.Tensor:
-    """(1 + g*g, C): patch rows resized bicubically with scale (g + 0.1) / s, class row kept."""
-    native = round((positional_embedding.shape[0] - 1) ** 0.5)
-    if native == grid:
-        return positional_embedding
-    width = positional_embedding.shape[1]
-    factor = (grid + 0.1) / native
-    patches = positional_embedding[1:].float().reshape(1, native, native, width).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches, scale_factor=(factor, factor), mode="bicubic", align_corners=False)
-    if patches.shape[-2:] != (grid, grid):  # cannot happen for grid >= 1; guards the contract
-        raise ValueError(f"DINO resize gave {tuple(patches.shape[-2:])}, expected ({grid}, {grid})")
-    patches = patches.permute(0, 2, 3, 1).reshape(grid * grid, width)
-    return torch.cat([positional_embedding[:1].float(), patches], dim=0)
-
-
-@torch.inference_mode()
-def trunk(visual, pixels: torch.Tensor) -> torch.Tensor:
-    """h (B, N, C): the input of the last block, with the DINO positional embedding."""
-    x = visual.conv1(pixels.float())
-    grid = x.shape[-1]
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.float().view(1, 1, -1).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1)
-    x = x + dino_positional_embedding(visual.positional_embedding, grid).float()
-    x = visual.ln_pre(x)
-    for block in visual.transformer.resblocks[:-1]:
-        x = block(x)  # open_clip's blocks are batch-first (B, N, C)
-    return x
+NACLIP_SIGMA = 5.0  # NACLIP's neighbourhood Gaussian, in patches (Hajimiri et al., WACV 2025)
 
 
 def _heads(block, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
@@ -130,25 +83,27 @@ def sclip_block(block, h: torch.Tensor) -> torch.Tensor:
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def _neighbourhood_bias(grid: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Omega (1 + g*g, 1 + g*g): Gaussian of the squared grid distance between patches, 0 for CLS."""
-    steps = torch.arange(grid, dtype=torch.float64, device=device)
-    ys, xs = torch.meshgrid(steps, steps, indexing="ij")
+def _neighbourhood_bias(rows: int, cols: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Omega (1 + rows*cols, 1 + rows*cols): Gaussian of the squared grid distance between patches, 0 for CLS."""
+    ys, xs = torch.meshgrid(torch.arange(rows, dtype=torch.float64, device=device),
+                            torch.arange(cols, dtype=torch.float64, device=device), indexing="ij")
     ys, xs = ys.reshape(-1), xs.reshape(-1)
     squared = (ys[:, None] - ys[None, :]) ** 2 + (xs[:, None] - xs[None, :]) ** 2
     patches = torch.exp(-squared / (2.0 * sigma ** 2))
-    omega = torch.zeros(grid * grid + 1, grid * grid + 1, dtype=torch.float64, device=device)
+    omega = torch.zeros(rows * cols + 1, rows * cols + 1, dtype=torch.float64, device=device)
     omega[1:, 1:] = patches
     return omega.to(dtype=dtype)
 
 
 @torch.inference_mode()
-def naclip_block(block, h: torch.Tensor, grid: int, sigma: float = 5.0) -> torch.Tensor:
-    """out_proj(softmax(scale k k^T + Omega) v), Omega the Gaussian neighbourhood bias; no residual, no MLP."""
-    if h.shape[1] != grid * grid + 1:
-        raise ValueError(f"{h.shape[1]} tokens do not fit a {grid}x{grid} grid plus the class token")
+def naclip_block(block, h: torch.Tensor, grid: tuple[int, int], sigma: float = NACLIP_SIGMA) -> torch.Tensor:
+    """out_proj(softmax(scale k k^T + Omega) v), Omega the Gaussian neighbourhood bias on the (rows, cols)
+    grid; no residual, no MLP."""
+    rows, cols = grid
+    if h.shape[1] != rows * cols + 1:
+        raise ValueError(f"{h.shape[1]} tokens do not fit a {rows}x{cols} grid plus the class token")
     _, k, v, scale = _heads(block, h)
-    logits = (k @ k.transpose(-2, -1)) * scale + _neighbourhood_bias(grid, sigma, k.dtype, k.device)
+    logits = (k @ k.transpose(-2, -1)) * scale + _neighbourhood_bias(rows, cols, sigma, k.dtype, k.device)
     return _merge(block, torch.softmax(logits, dim=-1) @ v)
 
 
@@ -159,9 +114,9 @@ def patch_tokens(visual, tokens: torch.Tensor) -> torch.Tensor:
     return F.normalize(projected, dim=-1)
 
 
-# (last block, trunk output h (B, N, C), grid) -> the block's output tokens (B, N, C), by method key: one
-# entry for each row of surgery.method.table.METHOD_TABLE whose `block` is set.
-LastBlock = Callable[[torch.nn.Module, torch.Tensor, int], torch.Tensor]
+# (last block, trunk output h (B, N, C), grid (rows, cols)) -> the block's output tokens (B, N, C), by
+# method key (`surgery.clip.dense` turns them into a method's features).
+LastBlock = Callable[[torch.nn.Module, torch.Tensor, tuple[int, int]], torch.Tensor]
 LAST_BLOCKS: dict[str, LastBlock] = {
     "maskclip": lambda block, h, grid: maskclip_block(block, h),
     "sclip": lambda block, h, grid: sclip_block(block, h),

@@ -62,6 +62,7 @@ def resolve_settings(args: argparse.Namespace, device: str, precision_device) ->
     (downloaded once, here, before any worker starts) and digested."""
     from ..command_options import request_from_args
     from ..hub.registry import default_sam_model
+    from ..method.table import check_segmenter
     from ..hub.sources import resolve_clip, resolve_sam
 
     request = request_from_args(args, precision_device)
@@ -73,6 +74,8 @@ def resolve_settings(args: argparse.Namespace, device: str, precision_device) ->
         sam_source = resolve_sam(sam_model, args.sam_checkpoint)
         sam_weights = checkpoint_digest(sam_source.weights_path())
         sam_checkpoint = None if args.sam_checkpoint is None else str(args.sam_checkpoint)
+    if sam_model is None:
+        check_segmenter(request.maps.methods, None)  # with SAM: each worker checks the model it loads
     return CalibrationSettings(
         request=request, labels=args.labels, model=args.model, model_name=clip_source.display_name,
         clip_checkpoint=None if args.clip_checkpoint is None else str(args.clip_checkpoint),

@@ -68,6 +68,7 @@ def load_models(settings: CalibrationSettings) -> LoadedModels:
     option, reported once by the command."""
     from ..clip.text_store import default_text_cache_dir
     from ..loading import load_clip, load_segmenter
+    from ..method.table import check_segmenter
     from ..precision import resolve_precision
 
     request = settings.request
@@ -81,6 +82,7 @@ def load_models(settings: CalibrationSettings) -> LoadedModels:
     if settings.sam_model is not None:
         segmenter = load_segmenter(settings.sam_model, settings.sam_checkpoint, precision=precision,
                                    device=settings.device)
+        check_segmenter(request.maps.methods, segmenter.family)
     return LoadedModels(explainer, segmenter)
 
 

@@ -24,6 +24,7 @@ class MethodRow:
     `block`: True when the method replaces CLIP's last image block (its trunk is shared with the other
     such methods); False for the two maps of the dual-path forward (CLIP and CLIP Surgery).
     `feature_surgery`: its maps subtract what the labels share (CLIP Surgery only).
+    `proxy`: its attention comes from SAM's image encoder (ProxyCLIP), so it needs SAM (ViT) loaded.
     """
 
     name: str
@@ -33,6 +34,7 @@ class MethodRow:
     templates: str
     block: bool = False
     feature_surgery: bool = False
+    proxy: bool = False
 
     @property
     def vit_only(self) -> bool:
@@ -58,6 +60,15 @@ METHOD_TABLE: dict[str, MethodRow] = {row.name: row for row in (  # in the order
     MethodRow("naclip", "NACLIP", "Hajimiri et al., WACV 2025",
               "Key-key attention plus a Gaussian bias towards neighbouring patches, without residual and MLP.",
               IMAGENET_TEMPLATES, block=True),
+    MethodRow("scclip", "SC-CLIP", "Bai et al., 2024 (arXiv 2411.15869)",
+              "Repairs outlier patches, guides the last block with an intermediate layer's similarities, and "
+              "fuses intermediate layers.", IMAGENET_TEMPLATES, block=True),
+    MethodRow("resclip", "ResCLIP", "Yang et al., CVPR 2025",
+              "NACLIP's last block plus the trunk's own attention, refined by a first prediction's labels.",
+              IMAGENET_TEMPLATES, block=True),
+    MethodRow("proxyclip", "ProxyCLIP", "Lan et al., ECCV 2024",
+              "The last block's attention taken from SAM's image encoder (a proxy), values from CLIP, on SAM's "
+              "64 x 64 grid.", IMAGENET_TEMPLATES, block=True, proxy=True),
 )}
 DEFAULT_METHODS = ("clip", "surgery")
 PREFERRED_POINTS_FROM = "surgery"  # where the points come from when it is computed and none is named
@@ -106,6 +117,20 @@ def check_methods(methods: object, points_from: object = None) -> tuple[tuple[st
         raise InputError(f"The points come from {method_title(points)}, which is not among the chosen methods; "
                          "add it, or take the points from one of them.")
     return chosen, points
+
+
+def check_segmenter(methods: tuple[str, ...], segmenter: str | None) -> None:
+    """An `InputError` when a proxy method (ProxyCLIP) is chosen without the segmenter it borrows its
+    attention from: `segmenter` is None (SAM off), "sam" (SAM's ViT image encoder) or "sam2" (SAM 2.1,
+    whose Hiera encoder is not the proxy the method was published with)."""
+    proxied = [METHOD_TABLE[name].title for name in methods if METHOD_TABLE[name].proxy]
+    if not proxied or segmenter == "sam":
+        return
+    if segmenter is None:
+        raise InputError(f"{', '.join(proxied)} takes its attention from SAM's image encoder, so it needs SAM: "
+                         "turn SAM on (drop --no-sam, or pick a SAM model), or leave it out.")
+    raise InputError(f"{', '.join(proxied)} takes its attention from SAM's ViT image encoder (vit_b, vit_l or "
+                     "vit_h); SAM 2.1's Hiera encoder is not an equivalent yet. Pick a vit_* SAM, or leave it out.")
 
 
 def check_backbone(methods: tuple[str, ...], is_resnet: bool) -> None:

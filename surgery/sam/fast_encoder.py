@@ -286,3 +286,40 @@ def uninstall_fast_attention(image_encoder: ImageEncoderViT) -> int:
     if type(image_encoder) is FastImageEncoderViT:
         image_encoder.__class__ = ImageEncoderViT
     return swapped
+
+
+def _stock_attention(attn: nn.Module) -> Attention:
+    """A stock `Attention` sharing `attn`'s parameters (itself when it is one); the model is not changed."""
+    if isinstance(attn, Attention):
+        return attn
+    stock = Attention.__new__(Attention)
+    nn.Module.__init__(stock)
+    stock.num_heads, stock.scale, stock.use_rel_pos = attn.num_heads, attn.scale, attn.use_rel_pos
+    stock.qkv, stock.proj = attn.qkv, attn.proj
+    if attn.use_rel_pos:
+        stock.rel_pos_h, stock.rel_pos_w = attn.rel_pos_h, attn.rel_pos_w
+    return stock
+
+
+@torch.inference_mode()
+def stock_encoder_forward(image_encoder: ImageEncoderViT, x: torch.Tensor) -> torch.Tensor:
+    """segment_anything's own `ImageEncoderViT.forward`, with its stock attention, whether or not the
+    fast attention is installed on `image_encoder` (nothing of the model is changed). The fast one is
+    the same arithmetic in another order: equal to ~1e-6, which is not bit-equal. A computation that
+    cuts at a hard threshold on the embedding (ProxyCLIP) needs the stock order to reproduce the
+    official code."""
+    x = image_encoder.patch_embed(x)
+    if image_encoder.pos_embed is not None:
+        x = x + image_encoder.pos_embed
+    for block in image_encoder.blocks:
+        shortcut = x
+        h = block.norm1(x)
+        if block.window_size > 0:
+            height, width = h.shape[1], h.shape[2]
+            h, pad_hw = window_partition(h, block.window_size)
+        h = _stock_attention(block.attn)(h)
+        if block.window_size > 0:
+            h = window_unpartition(h, block.window_size, pad_hw, (height, width))
+        x = shortcut + h
+        x = x + block.mlp(block.norm2(x))
+    return image_encoder.neck(x.permute(0, 3, 1, 2))

@@ -22,6 +22,7 @@ from ..cache import LRUCache, image_key
 from ..errors import InputError
 from ..method.results import MaskPrediction
 from ..precision import autocast
+from .proxy import SamProxyEncoder
 
 calls = logging.getLogger("surgery.calls")  # one line per real model call (tests count them)
 
@@ -82,11 +83,13 @@ class SamSegmenter:
             raise InputError("The embedding cache needs room for at least one image.")
         self.sam = sam
         self.name = name  # what outputs call this model
+        self.family = "sam"  # SAM's ViT image encoder (surgery.method.table.check_segmenter)
         self.precision = precision
         self.cache_entries = cache_entries
         self.model_id = f"sam@{id(sam):x}/{precision}"
         self.encode_calls = 0
         self._cache: LRUCache[ImageEmbedding] = LRUCache(cache_entries)
+        self.proxy = SamProxyEncoder(sam, precision, self.model_id)  # ProxyCLIP's proxy, its own cache
 
     def cached_keys(self) -> list[str]:
         """Keys of the cached embeddings, least recently used first."""

@@ -19,6 +19,7 @@ from conftest import DATA, PARITY, TINY_CLIP
 
 import surgery.method
 from surgery.clip import last_blocks as dm
+from surgery.clip.trunk import dino_positional_embedding, record_trunk
 from surgery.clip.preprocess import clip_input
 from surgery.clip.text import prompt_ensemble
 from surgery.clip.vit import positional_embedding_for_grid
@@ -66,7 +67,7 @@ def expected() -> dict[str, np.ndarray]:
 def method_tokens(visual, method: str, h: torch.Tensor, grid: int) -> torch.Tensor:
     block = visual.transformer.resblocks[-1]
     if method == "naclip":
-        out = dm.naclip_block(block, h, grid)
+        out = dm.naclip_block(block, h, (grid, grid))
     else:
         out = {"maskclip": dm.maskclip_block, "clearclip": dm.clearclip_block, "sclip": dm.sclip_block}[method](block, h)
     return dm.patch_tokens(visual, out)
@@ -95,7 +96,7 @@ def test_official_parity(model, image, templates, cases, expected, case_index, m
     grid = case["grid"]
     assert pixels.shape[-1] // visual.conv1.kernel_size[0] == grid
     features = prompt_ensemble(model, case["labels"], templates=templates)
-    h = dm.trunk(visual, pixels)
+    h = record_trunk(visual, pixels).last
     assert h.shape == (1, grid * grid + 1, visual.conv1.out_channels)
     tokens = method_tokens(visual, method, h, grid)
     assert tokens.shape == (1, grid * grid, visual.proj.shape[1])
@@ -109,7 +110,7 @@ def test_independent_port(model, image, templates, resolution):
     pixels = clip_input(image, resolution)
     grid = resolution // 16
     features = prompt_ensemble(model, ["rocket", "sky"], templates=templates)
-    h = dm.trunk(visual, pixels)
+    h = record_trunk(visual, pixels).last
     reference_trunk = ref.reference_trunk(visual, pixels)
     torch.testing.assert_close(h[0], reference_trunk, atol=1e-4, rtol=1e-5)  # pre-LN scale: loose
     for method in METHODS:
@@ -124,21 +125,22 @@ def test_independent_port(model, image, templates, resolution):
 
 def test_naclip_sigma_changes_the_map(model, image):
     visual = model.visual
-    h = dm.trunk(visual, clip_input(image, 336))
+    h = record_trunk(visual, clip_input(image, 336)).last
     block = visual.transformer.resblocks[-1]
-    default = dm.naclip_block(block, h, 21)
-    assert torch.equal(default, dm.naclip_block(block, h, 21, sigma=5.0))
-    assert (default - dm.naclip_block(block, h, 21, sigma=3.0)).abs().max() > 1e-4
+    default = dm.naclip_block(block, h, (21, 21))
+    assert torch.equal(default, dm.naclip_block(block, h, (21, 21), sigma=5.0))
+    assert (default - dm.naclip_block(block, h, (21, 21), sigma=3.0)).abs().max() > 1e-4
     with pytest.raises(ValueError):
-        dm.naclip_block(block, h, 20)
+        dm.naclip_block(block, h, (20, 20))
+    assert torch.equal(default, dm.naclip_block(block, h, (21, 21)))
 
 
 def test_dino_positional_embedding(model):
     pe = model.visual.positional_embedding
     native = 14
-    assert dm.dino_positional_embedding(pe, native) is pe
+    assert dino_positional_embedding(pe, native) is pe
     for grid in (14, 15, 20, 21, 28, 40, 64):
-        resized = dm.dino_positional_embedding(pe, grid)
+        resized = dino_positional_embedding(pe, grid)
         assert resized.shape == (1 + grid * grid, pe.shape[1])
         assert torch.equal(resized[0], pe[0])
         torch.testing.assert_close(resized, ref.dino_resize(pe.detach(), grid), atol=1e-6, rtol=0)
@@ -158,16 +160,30 @@ def test_trunk_is_the_plain_forward_at_native_size(model, image):
     finally:
         handle.remove()
     assert len(captured) == 1
-    torch.testing.assert_close(dm.trunk(visual, pixels), captured[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(record_trunk(visual, pixels).last, captured[0], atol=1e-6, rtol=0)
 
 
 def test_functions_leave_the_model_unchanged(model, image):
     visual = model.visual
     before = {k: v.clone() for k, v in visual.state_dict().items()}
-    h = dm.trunk(visual, clip_input(image, 336))
+    h = record_trunk(visual, clip_input(image, 336)).last
     block = visual.transformer.resblocks[-1]
     for out in (dm.maskclip_block(block, h), dm.clearclip_block(block, h), dm.sclip_block(block, h),
-                dm.naclip_block(block, h, 21)):
+                dm.naclip_block(block, h, (21, 21))):
         dm.patch_tokens(visual, out)
     after = visual.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_rectangular_grids_resize_each_axis_and_bias_the_right_neighbours(model, image):
+    """A (rows, cols) grid: the DINO resize per axis (square ones are the same as before), and NACLIP's
+    neighbourhood bias between patches of that grid (a transposed grid is a different bias)."""
+    pe = model.visual.positional_embedding
+    wide = dino_positional_embedding(pe, 14, 20)
+    assert wide.shape == (1 + 14 * 20, pe.shape[1]) and torch.equal(wide[0], pe[0])
+    assert torch.equal(dino_positional_embedding(pe, 20, 20), dino_positional_embedding(pe, 20))
+    rows, cols = 3, 4
+    omega = dm._neighbourhood_bias(rows, cols, 5.0, torch.float64, torch.device("cpu"))
+    # patch 0 is (0, 0); patch 4 is (1, 0): one row apart; patch 3 is (0, 3): three columns apart
+    assert omega[1, 1 + 4] == pytest.approx(np.exp(-1 / 50)) and omega[1, 1 + 3] == pytest.approx(np.exp(-9 / 50))
+    assert (omega[0] == 0).all() and (omega[:, 0] == 0).all()

@@ -2,8 +2,8 @@
 
 (a) parity with the official code: tests/data/methods2/methods.* (the project's shared fixture)
 and extra_official.* (ResCLIP cases whose first pass mixes labels, one on a rectangular grid, and
-SC-CLIP at N = 441, where the LOF quantile is one sample); (b) the trunk record against
-`dense_methods.trunk` and torch's own attention weights; (c) the layer-depth rule; (d) ProxyCLIP's
+SC-CLIP at N = 441, where the LOF quantile is one sample); (b) the trunk record against the blocks
+themselves and torch's own attention weights; (c) the layer-depth rule; (d) ProxyCLIP's
 SAM proxy through the project's SAM loader on an official-format .pth, and why it needs its own
 encoder pass; (e) a batch is B independent runs; (f) bad input.
 """
@@ -22,9 +22,9 @@ import torch
 from conftest import DATA
 from PIL import Image
 
-from surgery.clip import dense_methods as dm
 from surgery.clip import guided_methods as gm
-from surgery.clip.methods import IMAGENET_TEMPLATES
+from surgery.clip.trunk import record_trunk
+from surgery.method.table import IMAGENET_TEMPLATES
 from surgery.clip.preprocess import CLIP_MEAN, CLIP_STD, clip_input
 from surgery.errors import InputError
 
@@ -58,34 +58,9 @@ def expected() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def sam_checkpoint(tmp_path_factory) -> Path:
-    """A full SAM checkpoint as the official release stores one (a plain state dict, torch.save):
-    the fixture's image encoder plus the prompt encoder and mask decoder of a seeded random
-    segment_anything model of the matching shape (they do not touch the proxy features)."""
-    from functools import partial
+    from checkpoints import write_proxy_sam_checkpoint
 
-    from safetensors.torch import load_file
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    torch.manual_seed(0)
-    sam = Sam(  # as segment_anything.build_sam._build_sam lays one out, at the tiny encoder's shape
-        image_encoder=ImageEncoderViT(depth=3, embed_dim=96, img_size=1024, mlp_ratio=4,
-                                      norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=3,
-                                      patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=(1,),
-                                      window_size=14, out_chans=256),
-        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
-                                     mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
-                                 transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256),
-        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
-    )
-    state = sam.state_dict()
-    encoder = load_file(METHODS2 / "sam_image_encoder.safetensors")
-    assert set(encoder) == {k for k in state if k.startswith("image_encoder.")}
-    state.update(encoder)
-    path = tmp_path_factory.mktemp("sam") / "sam_tiny_full.pth"
-    torch.save(state, path)
-    return path
+    return write_proxy_sam_checkpoint(tmp_path_factory.mktemp("sam") / "sam_tiny_full.pth")
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +69,12 @@ def sam_encoder(sam_checkpoint):
 
     # Stock attention: the fast one reorders float sums, which moves cut entries (see PROXY_KERNEL_TOLERANCE).
     return load_sam(sam_checkpoint, fast_attention=False).image_encoder
+
+
+def full_record(visual, pixels):
+    """The trunk with everything SC-CLIP and ResCLIP read (an 8-block tower)."""
+    return record_trunk(visual, pixels, attention_blocks=gm.resclip_attention_blocks(8),
+                        hidden_blocks=gm.scclip_hidden_blocks(8))
 
 
 def label_map(tokens: torch.Tensor, features: torch.Tensor, rows: int, cols: int) -> np.ndarray:
@@ -146,12 +127,14 @@ def test_method_constants_are_the_fixtures(cases):
 
 
 @pytest.mark.parametrize("resolution", [224, 448])
-def test_record_trunk_is_dense_methods_trunk_with_attention(visual, rocket, resolution):
+def test_record_trunk_keeps_the_blocks_outputs_and_their_attention(visual, rocket, resolution):
     pixels = clip_input(rocket, resolution)
     grid = resolution // 16
-    record = gm.record_trunk(visual, pixels, attention_blocks=(0, 4))
-    assert record.grid == (grid, grid) and record.blocks == 8 and len(record.hidden) == 7
-    assert torch.equal(record.hidden[-1], dm.trunk(visual, pixels))  # bit for bit
+    record = record_trunk(visual, pixels, attention_blocks=(0, 4), hidden_blocks=(2, 3))
+    assert record.grid == (grid, grid) and record.blocks == 8 and set(record.hidden) == {2, 3, 6}
+    assert torch.equal(record.last, record.hidden[6])
+    with torch.inference_mode():
+        assert torch.equal(visual.transformer.resblocks[3](record.hidden[2]), record.hidden[3])  # bit for bit
     assert set(record.attention) == {0, 4}
     block = visual.transformer.resblocks[4]
     assert block.attn.batch_first
@@ -161,7 +144,7 @@ def test_record_trunk_is_dense_methods_trunk_with_attention(visual, rocket, reso
     assert record.attention[4].shape == (1, 2, grid * grid + 1, grid * grid + 1)
     torch.testing.assert_close(record.attention[4], torch_weights, atol=1e-6, rtol=0)
     with pytest.raises(ValueError):
-        gm.record_trunk(visual, pixels, attention_blocks=(7,))  # the last block is not in the trunk
+        record_trunk(visual, pixels, attention_blocks=(7,))  # the last block is not in the trunk
 
 
 # --- (a) parity: shared fixture ---------------------------------------------------------------
@@ -180,7 +163,7 @@ def test_scclip_and_resclip_official_parity(explainer, visual, rocket, cases, ex
     case = cases[case_index]
     pixels = clip_input(rocket, case["resolution"])
     features = explainer.text_features(case["labels"], IMAGENET_TEMPLATES)
-    record = gm.record_trunk(visual, pixels, gm.resclip_attention_blocks(8))
+    record = full_record(visual, pixels)
     for method, tokens in (("scclip", gm.scclip_tokens(visual, record)),
                            ("resclip", gm.resclip_tokens(visual, record, pixels, features))):
         grid = case["grid"][method]
@@ -195,7 +178,24 @@ def test_scclip_and_resclip_official_parity(explainer, visual, rocket, cases, ex
 # --- (a) parity: extra official cases -----------------------------------------------------------
 
 
-EXTRA_CASES = list(enumerate(json.loads((METHODS2 / "extra_official.json").read_text())))
+# The SC-CLIP case at 336 px (N = 441) was made by the official code under this project's torch
+# 2.14.1, whose torch.quantile computes the rank in float64 (417.99999...) and so puts the LOF threshold
+# just below sample 418, making it an outlier. METHODS2.md states the torch SC-CLIP was written with:
+# a float32 rank, exactly 418, that sample the threshold and not an outlier. The engine follows the
+# specification (test_lof_threshold_at_441_patches_is_one_sample; the whole map is compared with the
+# specification's independent port in tests/clip/test_newer_engine_vs_oracle.py); the other cases
+# do not reach a tie.
+EXTRA_CASES = [(index, case) for index, case in enumerate(json.loads((METHODS2 / "extra_official.json").read_text()))
+               if not (case["method"] == "scclip" and case["size"] == [336, 336])]
+
+
+def test_lof_threshold_at_441_patches_is_one_sample():
+    """0.95 x 440 is exactly 418 in float32: the threshold is sample 418 itself, which is not an outlier."""
+    scores = torch.arange(441, dtype=torch.float32).flip(0)  # any order
+    threshold = gm._quantile(scores, 1 - gm.SCCLIP_LOF_CONTAMINATION)
+    assert threshold == 418.0
+    assert int((scores > threshold).sum()) == 22
+    assert gm._quantile(torch.arange(11, dtype=torch.float32), 0.25) == 2.5  # interpolation between samples
 
 
 @pytest.mark.parametrize("index, case", EXTRA_CASES,
@@ -206,7 +206,7 @@ def test_extra_official_parity(explainer, visual, rocket, index, case):
     height, width = case["size"]
     pixels = rectangular_input(rocket, height, width)
     features = explainer.text_features(case["labels"], IMAGENET_TEMPLATES)
-    record = gm.record_trunk(visual, pixels, gm.resclip_attention_blocks(8))
+    record = full_record(visual, pixels)
     if case["method"] == "resclip":
         tokens = gm.resclip_tokens(visual, record, pixels, features)
     else:
@@ -237,7 +237,7 @@ def test_proxyclip_parity(explainer, visual, rocket, cases, expected, sam_encode
     features = explainer.text_features(case["labels"], IMAGENET_TEMPLATES)
     proxy = gm.proxy_embedding(sam_encoder, pixels)
     assert proxy.shape == (1, 256, 64, 64)
-    tokens = gm.proxyclip_tokens(visual, gm.record_trunk(visual, pixels), proxy)
+    tokens = gm.proxyclip_tokens(visual, record_trunk(visual, pixels), proxy)
     assert case["grid"]["proxyclip"] == 64 and tokens.shape == (1, 64 * 64, visual.proj.shape[1])
     error = float(np.abs(label_map(tokens, features, 64, 64) - expected[f"case{case_index}_proxyclip"]).max())
     print(f"proxyclip case {case_index} (this CPU's kernels): max error {error:.2e}")
@@ -248,7 +248,8 @@ _CHILD = """
 import json, sys
 import numpy as np
 from surgery.clip import guided_methods as gm
-from surgery.clip.methods import IMAGENET_TEMPLATES
+from surgery.clip.trunk import record_trunk
+from surgery.method.table import IMAGENET_TEMPLATES
 from surgery.clip.preprocess import clip_input
 from surgery.images import load_image
 from surgery.loading import load_clip
@@ -262,7 +263,7 @@ errors = []
 for i, case in enumerate(json.load(open(data + "/methods.json"))):
     pixels = clip_input(image, case["resolution"])
     features = explainer.text_features(case["labels"], IMAGENET_TEMPLATES)
-    record = gm.record_trunk(explainer.model.visual, pixels)
+    record = record_trunk(explainer.model.visual, pixels)
     tokens = gm.proxyclip_tokens(explainer.model.visual, record, gm.proxy_embedding(encoder, pixels))
     actual = (tokens[0] @ features.T).T.reshape(-1, 64, 64).numpy()
     errors.append(float(np.abs(actual - expected[f"case{i}_proxyclip"]).max()))
@@ -297,7 +298,7 @@ def test_proxyclip_needs_its_own_encoder_pass(explainer, visual, rocket, cases, 
     features = explainer.text_features(case["labels"], IMAGENET_TEMPLATES)
     predictor = segmenter.embed(rocket).features
     assert predictor.shape == (1, 256, 64, 64)
-    substituted = label_map(gm.proxyclip_tokens(visual, gm.record_trunk(visual, pixels), predictor), features, 64, 64)
+    substituted = label_map(gm.proxyclip_tokens(visual, record_trunk(visual, pixels), predictor), features, 64, 64)
     difference = float(np.abs(substituted - expected["case0_proxyclip"]).max())
     print(f"the predictor's embedding moves the map by {difference:.3f}")
     assert difference > 0.05
@@ -316,7 +317,7 @@ def test_a_batch_is_independent_runs(explainer, visual, rocket):
     blocks = gm.resclip_attention_blocks(8)
 
     def all_methods(pixels: torch.Tensor, proxy: torch.Tensor) -> list[torch.Tensor]:
-        record = gm.record_trunk(visual, pixels, blocks)
+        record = full_record(visual, pixels)
         return [gm.scclip_tokens(visual, record), gm.resclip_tokens(visual, record, pixels, features),
                 gm.proxyclip_tokens(visual, record, proxy)]
 
@@ -330,8 +331,8 @@ def test_a_batch_is_independent_runs(explainer, visual, rocket):
 
 def test_rectangular_grids(visual, rocket, sam_encoder):
     pixels = rectangular_input(rocket, 224, 320)
-    record = gm.record_trunk(visual, pixels)
-    assert record.grid == (14, 20) and record.hidden[-1].shape == (1, 14 * 20 + 1, 128)
+    record = full_record(visual, pixels)
+    assert record.grid == (14, 20) and record.last.shape == (1, 14 * 20 + 1, 128)
     scclip = gm.scclip_tokens(visual, record)
     proxy = gm.proxyclip_tokens(visual, record, gm.proxy_embedding(sam_encoder, pixels))
     assert scclip.shape == (1, 14 * 20, 64) and proxy.shape == (1, 64 * 64, 64)
@@ -360,12 +361,12 @@ def test_outlier_repair_reads_row_major_rectangular_grids():
 
 
 def test_bad_input(explainer, visual, rocket):
-    with pytest.raises(InputError):
-        gm.record_trunk(visual, torch.zeros(1, 3, 100, 224))  # not a multiple of the patch size
-    small = gm.record_trunk(visual, clip_input(rocket, 80))  # 5 x 5 = 25 patches: fewer than LOF's 30 neighbours
+    small = full_record(visual, clip_input(rocket, 80))  # 5 x 5 = 25 patches: fewer than LOF's 30 neighbours
     with pytest.raises(InputError):
         gm.scclip_tokens(visual, small)
-    record = gm.record_trunk(visual, clip_input(rocket, 224))
+    record = record_trunk(visual, clip_input(rocket, 224))
     features = explainer.text_features(["rocket"], IMAGENET_TEMPLATES)
+    with pytest.raises(ValueError):  # the blocks SC-CLIP reads were not kept
+        gm.scclip_tokens(visual, record)
     with pytest.raises(ValueError):  # the RCS blocks' attention was not recorded
         gm.resclip_tokens(visual, record, clip_input(rocket, 224), features)

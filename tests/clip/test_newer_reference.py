@@ -63,7 +63,7 @@ def sam_image_encoder():
 
 
 def label_features(explainer, labels: list[str]) -> torch.Tensor:
-    from surgery.clip.methods import IMAGENET_TEMPLATES
+    from surgery.method.table import IMAGENET_TEMPLATES
 
     return explainer.text_features(labels, IMAGENET_TEMPLATES)
 
