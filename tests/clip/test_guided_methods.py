@@ -314,7 +314,6 @@ def test_a_batch_is_independent_runs(explainer, visual, rocket):
     second = clip_input(np.ascontiguousarray(rocket[:, ::-1]), 224)
     proxies = torch.randn(2, 32, 24, 24, generator=torch.Generator().manual_seed(0))
     features = explainer.text_features(["rocket", "smoke", "sky"], IMAGENET_TEMPLATES)
-    blocks = gm.resclip_attention_blocks(8)
 
     def all_methods(pixels: torch.Tensor, proxy: torch.Tensor) -> list[torch.Tensor]:
         record = full_record(visual, pixels)
