@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import guided_methods, last_blocks
+from .preprocess import CLIP_MEAN, CLIP_STD
 from .trunk import TrunkRecord, record_trunk
 
 
@@ -43,6 +44,9 @@ class ProxyEncoder(Protocol):
 
     model_id: str
     input_size: int
+
+    def encode(self, proxy_pixels: torch.Tensor) -> torch.Tensor:
+        """The proxy's features of a prepared input (B, 3, S, S), not cached (sliding windows)."""
 
     def __call__(self, image_rgb: np.ndarray, proxy_pixels: torch.Tensor, resolution: int) -> torch.Tensor: ...
 
@@ -87,18 +91,42 @@ DENSE_METHODS: dict[str, DenseMethod] = {
 }
 
 
-def trunk_for(visual, pixels: torch.Tensor, methods: Iterable[str]) -> TrunkRecord:
-    """One trunk pass keeping what every method in `methods` reads."""
+def reads_only_the_last_state(visual, methods: Iterable[str]) -> bool:
+    """Whether `methods` read nothing of the trunk but its last state (then a known one serves them)."""
     blocks = len(visual.transformer.resblocks)
+    return not any(DENSE_METHODS[m].attention_blocks(blocks) or DENSE_METHODS[m].hidden_blocks(blocks)
+                   for m in methods)
+
+
+def trunk_for(visual, pixels: torch.Tensor, methods: Iterable[str], last: torch.Tensor | None = None
+              ) -> TrunkRecord | None:
+    """The trunk every method in `methods` reads: built around `last` (a known last state of this input,
+    e.g. the dual-path forward's at the native grid) when that is all they read, else None when `last`
+    is given (the caller then runs `trunk_for` without it, counting a trunk pass), else one pass keeping
+    what they all read."""
+    methods = list(methods)
+    blocks = len(visual.transformer.resblocks)
+    if last is not None:
+        if not reads_only_the_last_state(visual, methods):
+            return None
+        patch = visual.conv1.kernel_size[0]
+        return TrunkRecord(last, {blocks - 2: last}, {}, (pixels.shape[-2] // patch, pixels.shape[-1] // patch),
+                           blocks)
     attention = {i for m in methods for i in DENSE_METHODS[m].attention_blocks(blocks)}
     hidden = {i for m in methods for i in DENSE_METHODS[m].hidden_blocks(blocks)}
     return record_trunk(visual, pixels, attention_blocks=attention, hidden_blocks=hidden)
 
 
+def proxy_input_for(proxy: ProxyEncoder, pixels: torch.Tensor, mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """The proxy's input made from a CLIP input normalised with `mean`, `std` (ProxyCLIP's own)."""
+    return guided_methods.proxy_input(pixels, proxy.input_size, mean, std)
+
+
 def proxy_features(proxy: ProxyEncoder, image_rgb: np.ndarray, pixels: torch.Tensor, resolution: int,
-                   mean, std) -> torch.Tensor:
-    """The proxy's features of the image whose CLIP input (normalised with `mean`, `std`) is `pixels`."""
-    return proxy(image_rgb, guided_methods.proxy_input(pixels, proxy.input_size, mean, std), resolution)
+                   mean=CLIP_MEAN, std=CLIP_STD) -> torch.Tensor:
+    """The proxy's features of the image whose CLIP input (normalised with `mean`, `std`) is `pixels`,
+    through the proxy's cache (per image and resolution)."""
+    return proxy(image_rgb, proxy_input_for(proxy, pixels, mean, std), resolution)
 
 
 def method_grid(inputs: DenseInputs, method: str) -> tuple[int, int]:

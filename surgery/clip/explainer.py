@@ -150,14 +150,10 @@ class ClipExplainer:
         """The trunk `methods` read: the dual-path forward's at the native grid when they read only its
         last state, else one pass keeping what they all read (its last state cached for later methods)."""
         visual = self.model.visual
-        blocks = len(visual.transformer.resblocks)
-        plain = not any(dense.DENSE_METHODS[m].attention_blocks(blocks) or dense.DENSE_METHODS[m].hidden_blocks(blocks)
-                        for m in methods)
         slim_key = (image, resolution, "trunk", precision)
         last = tokens.trunk if tokens is not None and tokens.trunk is not None else self._image_cache.get(slim_key)
-        if plain and last is not None:
-            grid = tuple(dim // self.patch_size for dim in pixels.shape[-2:])
-            return TrunkRecord(last, {blocks - 2: last}, {}, grid, blocks)
+        if last is not None and (record := dense.trunk_for(visual, pixels, methods, last)) is not None:
+            return record
         self.image_encodings += 1
         calls.info("model call: CLIP image encoder (trunk, bicubic positions) at %d px", resolution)
         with autocast(precision, self.device):
@@ -233,7 +229,7 @@ class ClipExplainer:
         timings["text"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        grid = (tokens.grid, tokens.grid)
+        grid = tokens.grid
         similarity = {"clip": feature_surgery.plain_similarity(tokens.clip_tokens, context_features)}
         if "surgery" in methods:
             surgery_tokens = tokens.surgery_tokens

@@ -365,23 +365,29 @@ def _neighbours(x: torch.Tensor, dilations: Sequence[int], centre: bool) -> torc
 
 
 def pamr(image: torch.Tensor, scores: torch.Tensor, iterations: int = PAMR_ITERATIONS,
-         dilations: Sequence[int] = PAMR_DILATIONS) -> torch.Tensor:
+         dilations: Sequence[int] = PAMR_DILATIONS, channels_per_pass: int = 8) -> torch.Tensor:
     """Pixel-adaptive mask refinement (the official `pamr.PAMR`, bit for bit on the CPU): scores
     (B, K, H, W) replaced `iterations` times by their affinity-weighted mean over the 8 neighbours
     at each dilation (replicate padding, centre excluded); affinities from the guide image
     (B, 3, H, W): softmax over neighbours of -|I - I_n| / (1e-8 + 0.1 std), std over the 3x3
     neighbourhoods of all dilations (centre included, unbiased), averaged over colour channels.
-    ResCLIP's first pass uses it; the demos' final PAMR is the same function."""
+    ResCLIP's first pass uses it; so do the demos' final PAMR and NACLIP's evaluation harness. Score
+    channels are independent: they are refined `channels_per_pass` at a time, which bounds the memory
+    of a full-size image with many classes and leaves every value as it is."""
     deviation = _neighbours(image, dilations, centre=True).std(2, keepdim=True)
     centre = image.unsqueeze(2)
     difference = torch.abs(centre - _neighbours(image, dilations, centre=False))
     affinity = (-difference / (PAMR_EPS + PAMR_STD_WEIGHT * deviation)).mean(1, keepdim=True)
     affinity = F.softmax(affinity, 2)
-    for _ in range(iterations):
-        # the official (neighbours * affinity).sum(2), products in place; a running sum would be
-        # cheaper but rounds differently from torch's reduction for some shapes
-        scores = _neighbours(scores, dilations, centre=False).mul_(affinity).sum(2)
-    return scores
+    refined = []
+    for first in range(0, scores.shape[1], channels_per_pass):
+        chunk = scores[:, first:first + channels_per_pass]
+        for _ in range(iterations):
+            # the official (neighbours * affinity).sum(2), products in place; a running sum would be
+            # cheaper but rounds differently from torch's reduction for some shapes
+            chunk = _neighbours(chunk, dilations, centre=False).mul_(affinity).sum(2)
+        refined.append(chunk)
+    return torch.cat(refined, dim=1)
 
 
 def _first_pass_labels(features: torch.Tensor, label_features: torch.Tensor, pixels: torch.Tensor,

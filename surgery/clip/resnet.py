@@ -77,5 +77,5 @@ def encode_resnet_tokens(visual: ModifiedResNet, pixels: torch.Tensor) -> ImageT
     return ImageTokens(
         clip_tokens=F.normalize(clip_out, dim=-1),
         surgery_tokens=F.normalize(surgery_out, dim=-1),
-        grid=features.shape[-1],
+        grid=tuple(features.shape[-2:]),
     )

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from open_clip.transformer import VisionTransformer
 
 from ..method.options import DEFAULT_SURGERY_DEPTH
+from .trunk import native_grid
 
 @dataclass(frozen=True)
 class ImageTokens:
@@ -27,32 +28,35 @@ class ImageTokens:
 
     clip_tokens: torch.Tensor
     surgery_tokens: torch.Tensor
-    grid: int
+    grid: tuple[int, int]  # (rows, cols) of patches
     # The last block's input on the original path, kept at the checkpoint's native grid only: there the
     # positional embedding is not resized, so it is also the trunk of the methods that replace the last
-    # block (surgery.clip.dense_methods), which then need no second pass.
+    # block (surgery.clip.dense), which then need no second pass.
     trunk: torch.Tensor | None = None
 
 
-def positional_embedding_for_grid(positional_embedding: torch.Tensor, grid: int) -> torch.Tensor:
-    """(1 + g*g, C): patch rows bilinearly resized (align_corners=False, no antialias), CLS kept."""
-    native = round((positional_embedding.shape[0] - 1) ** 0.5)
-    if native == grid:
+def positional_embedding_for_grid(positional_embedding: torch.Tensor, rows: int, cols: int | None = None
+                                  ) -> torch.Tensor:
+    """(1 + rows*cols, C): patch rows bilinearly resized to (rows, cols) (align_corners=False, no
+    antialias), CLS kept."""
+    cols = rows if cols is None else cols
+    native = native_grid(positional_embedding)
+    if (rows, cols) == (native, native):
         return positional_embedding
     width = positional_embedding.shape[1]
     patches = positional_embedding[1:].reshape(1, native, native, width).permute(0, 3, 1, 2)
-    patches = F.interpolate(patches, size=(grid, grid), mode="bilinear", align_corners=False)
-    patches = patches.reshape(width, grid * grid).transpose(0, 1)
+    patches = F.interpolate(patches, size=(rows, cols), mode="bilinear", align_corners=False)
+    patches = patches.reshape(width, rows * cols).transpose(0, 1)
     return torch.cat([positional_embedding[:1], patches], dim=0)
 
 
 def _patch_embeddings(visual: VisionTransformer, pixels: torch.Tensor) -> torch.Tensor:
     x = visual.conv1(pixels)
-    grid = x.shape[-1]
+    rows, cols = x.shape[-2:]
     x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
     cls = visual.class_embedding.to(x.dtype).view(1, 1, -1).expand(x.shape[0], -1, -1)
     x = torch.cat([cls, x], dim=1)
-    x = x + positional_embedding_for_grid(visual.positional_embedding, grid).to(x.dtype)
+    x = x + positional_embedding_for_grid(visual.positional_embedding, rows, cols).to(x.dtype)
     return visual.ln_pre(x)
 
 
@@ -87,7 +91,7 @@ def _project(visual: VisionTransformer, tokens: torch.Tensor) -> torch.Tensor:
 def encode_image_tokens(
     visual: VisionTransformer, pixels: torch.Tensor, surgery_depth: int = DEFAULT_SURGERY_DEPTH
 ) -> ImageTokens:
-    """Both token streams from one pass over `pixels` (B, 3, R, R)."""
+    """Both token streams from one pass over `pixels` (B, 3, H, W), H and W multiples of the patch size."""
     blocks = visual.transformer.resblocks
     x = _patch_embeddings(visual, pixels)
     first_dual = len(blocks) - surgery_depth
@@ -100,11 +104,12 @@ def encode_image_tokens(
             trunk = x_ori
         x_ori, x_new = _dual_block(block, x_ori, x_new)
     x_new = torch.cat([x_ori[:, :1], x_new[:, 1:]], dim=1)
-    grid = pixels.shape[-1] // visual.conv1.kernel_size[0]
-    native = round((visual.positional_embedding.shape[0] - 1) ** 0.5)
+    patch = visual.conv1.kernel_size[0]
+    grid = (pixels.shape[-2] // patch, pixels.shape[-1] // patch)
+    native = native_grid(visual.positional_embedding)
     return ImageTokens(
         clip_tokens=_project(visual, x_ori),
         surgery_tokens=_project(visual, x_new),
         grid=grid,
-        trunk=trunk if grid == native else None,
+        trunk=trunk if grid == (native, native) else None,
     )

@@ -157,6 +157,7 @@ def resolve_settings(args: argparse.Namespace, device: str, precision: str):
     from .classes import packaged_classes, read_class_file
     from .features import check_scored_methods
     from .presets import find_preset
+    from ..method.table import METHOD_TABLE
     from .settings import EvaluationSettings
 
     spec = check_arguments(args)
@@ -173,7 +174,11 @@ def resolve_settings(args: argparse.Namespace, device: str, precision: str):
     clip_source = resolve_clip(args.model, args.clip_checkpoint)
     clip_weights = checkpoint_digest(clip_source.weights_path())
     sam_model = sam_checkpoint = sam_weights = None
-    if args.sam:
+    proxied = [name for name in methods if name in METHOD_TABLE and METHOD_TABLE[name].proxy]
+    if proxied and not (args.sam or args.sam_model or args.sam_checkpoint):
+        raise InputError("ProxyCLIP takes its attention from SAM's image encoder: give --sam-checkpoint FILE or "
+                         "--sam-model vit_b (or leave proxyclip out).")
+    if args.sam or proxied:
         sam_model = args.sam_model or default_sam_model(runs_on_gpu=device.startswith("cuda"))
         sam_weights = checkpoint_digest(resolve_sam(sam_model, args.sam_checkpoint).weights_path())
         sam_checkpoint = None if args.sam_checkpoint is None else str(args.sam_checkpoint)

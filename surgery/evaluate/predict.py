@@ -14,10 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..clip.guided_methods import pamr
 from .classes import ClassList
 from .features import WindowEncoder, window_logits
 from .protocol import (Protocol, WindowCanvas, area_rule, class_probabilities, keep_ratio_size, normalise,
-                       pad_for_patches, pamr, predict_classes, resize_image, upsample, window_boxes)
+                       pad_for_patches, predict_classes, resize_image, upsample, window_boxes)
 
 WINDOWS_PER_PASS = 16  # windows encoded together (bounds activation memory; a VOC image has 6-10)
 
@@ -65,7 +66,7 @@ def refine(logits: torch.Tensor, image_rgb: np.ndarray, protocol: Protocol) -> t
     height, width = image_rgb.shape[:2]
     size = keep_ratio_size(height, width, protocol.short_side, protocol.long_side)
     guide = upsample(normalise(resize_image(image_rgb, size), logits.device)[0], (height, width))[None]
-    return pamr(guide, logits[None], protocol.pamr_steps, protocol.pamr_dilations)[0]
+    return pamr(guide, logits[None].float(), protocol.pamr_steps, protocol.pamr_dilations)[0]
 
 
 def predict_methods(encoder: WindowEncoder, text_features: torch.Tensor, image_rgb: np.ndarray,

@@ -68,8 +68,8 @@ def options_hash(settings: EvaluationSettings) -> str:
         "methods": list(settings.methods), "sam": settings.sam, "protocol": asdict(settings.protocol),
         "reduce_zero_label": settings.reduce_zero_label, "has_background": settings.has_background,
         "clip_weights": settings.clip_weights, "model_name": settings.model_name,
-        "sam_weights": settings.sam_weights if settings.sam else None,
-        "sam_model": settings.sam_model if settings.sam else None, "precision": settings.precision,
+        "sam_weights": settings.sam_weights, "sam_model": settings.sam_model,  # for +sam or ProxyCLIP's proxy
+        "precision": settings.precision,
         "device_kind": settings.device.split(":")[0], "surgery_depth": settings.surgery_depth,
     }
     text = json.dumps(record, sort_keys=True, ensure_ascii=True)

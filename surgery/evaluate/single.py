@@ -44,19 +44,22 @@ def load_evaluation_models(settings: EvaluationSettings) -> EvaluationModels:
     from ..method.table import IMAGENET_TEMPLATES
     from ..clip.text_store import default_text_cache_dir
     from ..loading import load_clip, load_segmenter
+    from ..method.table import check_segmenter
     from .features import WindowEncoder
 
     explainer = load_clip(settings.model, settings.clip_checkpoint, text_cache_dir=default_text_cache_dir(),
                           device=settings.device)
     if explainer.is_resnet:
         raise InputError("evaluate scores ViT CLIP models; this checkpoint is a ResNet.")
-    encoder = WindowEncoder(explainer.model.visual, settings.methods, settings.surgery_depth, settings.precision)
     text = explainer.text_features(list(settings.classes.queries), IMAGENET_TEMPLATES)
     segmenter = None
-    if settings.sam:
+    if settings.sam_model is not None:  # for +sam, or as ProxyCLIP's proxy
         segmenter = load_segmenter(settings.sam_model, settings.sam_checkpoint, precision=settings.precision,
                                    device=settings.device)
-    return EvaluationModels(explainer, encoder, text, segmenter)
+        check_segmenter(settings.methods, segmenter.family)
+    encoder = WindowEncoder(explainer.model.visual, settings.methods, settings.surgery_depth, settings.precision,
+                            label_features=text, proxy=getattr(segmenter, "proxy", None))
+    return EvaluationModels(explainer, encoder, text, segmenter if settings.sam else None)
 
 
 def warm_query_features(settings: EvaluationSettings) -> None:

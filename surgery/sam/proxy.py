@@ -35,13 +35,13 @@ class SamProxyEncoder:
         self.encode_calls = 0
         self._cache: LRUCache[torch.Tensor] = LRUCache(cache_entries)
 
+    def encode(self, proxy_pixels: torch.Tensor) -> torch.Tensor:
+        """SAM's image encoder on a prepared input (B, 3, S, S): (B, C, S/16, S/16) float32, not cached."""
+        self.encode_calls += 1
+        calls.info("model call: SAM image encoder (ProxyCLIP proxy) on %d x %d px", *proxy_pixels.shape[-2:])
+        with torch.inference_mode(), autocast(self.precision, self.sam.device):
+            return stock_encoder_forward(self.sam.image_encoder, proxy_pixels.to(self.sam.device)).float()
+
     def __call__(self, image_rgb: np.ndarray, proxy_pixels: torch.Tensor, resolution: int) -> torch.Tensor:
-        key = (image_key(image_rgb), int(resolution))
-
-        def encode() -> torch.Tensor:
-            self.encode_calls += 1
-            calls.info("model call: SAM image encoder (ProxyCLIP proxy) at %d px", resolution)
-            with torch.inference_mode(), autocast(self.precision, self.sam.device):
-                return stock_encoder_forward(self.sam.image_encoder, proxy_pixels.to(self.sam.device)).float()
-
-        return self._cache.get_or_compute(key, encode)
+        """`encode`, cached per image and CLIP resolution."""
+        return self._cache.get_or_compute((image_key(image_rgb), int(resolution)), lambda: self.encode(proxy_pixels))

@@ -138,7 +138,7 @@ def oracle_maps(model, text, resolution: int):
 def product_maps(model, image, text, resolution: int):
     """(surgery (K, g, g), clip (K, g, g), grid) the way the engine computes them."""
     tokens = encode_resnet_tokens(model.visual, clip_input(image, resolution))
-    g = tokens.grid
+    g = tokens.grid[0]
     surgery = surgery_across_labels(tokens.surgery_tokens, text)[0, 1:].T.reshape(-1, g, g).numpy()
     clip = plain_similarity(tokens.clip_tokens, text)[0, 1:].T.reshape(-1, g, g).numpy()
     return surgery, clip, g
@@ -194,7 +194,7 @@ def test_token_shapes_and_batch(rn_model, rn_rocket):
     single = clip_input(rn_rocket, 320)
     flipped = clip_input(np.ascontiguousarray(rn_rocket[:, ::-1]), 320)
     tokens = encode_resnet_tokens(rn_model.visual, torch.cat([single, flipped]))
-    assert tokens.grid == 10
+    assert tokens.grid == (10, 10)
     assert tokens.surgery_tokens.shape == tokens.clip_tokens.shape == (2, 101, rn_model.text_projection.shape[1])
     torch.testing.assert_close(tokens.surgery_tokens.norm(dim=-1), torch.ones(2, 101))
     alone = encode_resnet_tokens(rn_model.visual, single)

@@ -242,3 +242,24 @@ def test_help_states_the_exit_codes(capsys):
     for option in ("--short-side", "--crop", "--stride", "--logit-scale", "--prob-threshold", "--area-threshold",
                    "--preset", "--sam", "--save-predictions", "--limit", "--workers", "--ray", "--classes"):
         assert option in text
+
+
+def test_the_newer_methods_are_scored_too(tmp_path):
+    """SC-CLIP, ResCLIP and ProxyCLIP through the same protocol (no official harness covers them: their
+    features are checked in tests/clip); ProxyCLIP borrows the given SAM's image encoder and is refused
+    without one."""
+    from checkpoints import write_proxy_sam_checkpoint
+
+    base = ["evaluate", str(DATASET), "--dataset", "voc21", "--clip-checkpoint", str(TINY_CLIP)]
+    assert main([*base, "--methods", "sclip,proxyclip", "--out", str(tmp_path / "no_sam")]) == 2
+    sam = write_proxy_sam_checkpoint(tmp_path / "sam_tiny.pth")
+    out = tmp_path / "newer"
+    assert main([*base, "--methods", "scclip,resclip,proxyclip", "--sam-checkpoint", str(sam), "--out", str(out),
+                 "--save-predictions"]) == 0
+    metrics = _metrics(out)
+    assert set(metrics["methods"]) == {"scclip", "resclip", "proxyclip"}
+    for method in ("scclip", "resclip", "proxyclip"):
+        predictions = [_png(out / "predictions" / method / f"{sample}.png") for sample in IDS]
+        truths = [_png(DATASET / "SegmentationClass" / f"{sample}.png") for sample in IDS]
+        recomputed = _independent_metrics(predictions, truths, 21)
+        assert metrics["methods"][method]["mIoU"] == pytest.approx(recomputed["mIoU"], abs=1e-9)

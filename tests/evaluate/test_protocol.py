@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from surgery.clip.guided_methods import pamr
 from surgery.evaluate.metrics import image_areas, summarise
 from surgery.evaluate.protocol import (area_rule, class_probabilities, classify, keep_ratio_size, merge_windows,
-                                       pad_for_patches, pamr, resize_image, window_boxes, window_spans)
+                                       pad_for_patches, resize_image, window_boxes, window_spans)
 
 
 @pytest.mark.parametrize("width, height, scale, expected", [
@@ -163,6 +164,7 @@ def test_pamr_matches_the_kernel_formulation():
     mask = torch.randn(1, 5, 23, 29, generator=generator)
     expected = _pamr_by_kernels(image, mask, 3, (1, 4))
     assert torch.allclose(pamr(image, mask, 3, (1, 4), channels_per_pass=2), expected, atol=1e-5)
+    assert torch.equal(pamr(image, mask, 3, (1, 4), channels_per_pass=2), pamr(image, mask, 3, (1, 4)))  # chunks
     assert not torch.allclose(expected, mask, atol=1e-2)  # it does change the logits
 
 
