@@ -34,3 +34,9 @@ def test_gpu_benchmark_says_it_needs_cuda():
     done = _run("benchmarks/bench_gpu.py", timeout=120)
     assert done.returncode == 2 and done.stdout.strip() == (
         "error: no CUDA GPU here; this benchmark needs one (bench_pipeline.py measures the CPU)")
+
+
+def test_methods_benchmark_smoke_run_covers_every_method():
+    done = _run("benchmarks/bench_methods.py", "--smoke")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert all(f"+{method}" in done.stdout for method in ("scclip", "resclip", "proxyclip")), done.stdout
