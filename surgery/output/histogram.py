@@ -213,7 +213,10 @@ def histogram_svg(hist: Histogram, *, description: str, axis_title: str = "", wi
     """`hist` as inline SVG (colours set on the elements; text in `currentColor`, so it follows the page's
     light or dark theme). `description` is the picture's accessible name; `bar_titles` a tooltip per bar
     (None: none); bins at or above the threshold are drawn in the threshold's colour."""
-    left, right, top, bottom = 12, width - 12, 34, height - 30
+    # Room for two marker labels above, the tick values (and the axis title) below, at this font size.
+    line = font_px + 1
+    left, right, top = 12, width - 12, 2 * line + 8
+    bottom = height - (2 * line + 6 if axis_title else line + 6)
     e = html.escape
     parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{e(description, quote=True)}" '
              f'font-size="{font_px}" fill="currentColor">']
@@ -242,10 +245,10 @@ def histogram_svg(hist: Histogram, *, description: str, axis_title: str = "", wi
     for tick in hist.ticks:
         x = x_of(tick)
         parts.append(f'<line class="tick" stroke="currentColor" x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" '
-                     f'y2="{bottom + 4}"/><text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">'
+                     f'y2="{bottom + 4}"/><text x="{x:.1f}" y="{bottom + 4 + line:.1f}" text-anchor="middle">'
                      f"{format_value(tick)}</text>")
     if axis_title:
-        parts.append(f'<text x="{left}" y="{height - 2}">{e(axis_title)}</text>')
+        parts.append(f'<text x="{left}" y="{height - 3}">{e(axis_title)}</text>')
     for row, marker in enumerate(hist.markers):
         x = x_of(marker.at)
         anchor = "end" if x > (left + right) / 2 else "start"
@@ -254,7 +257,7 @@ def histogram_svg(hist: Histogram, *, description: str, axis_title: str = "", wi
         parts.append(f'<line class="{marker.name}" stroke="{colour}" stroke-width="2"{dashes} x1="{x:.1f}" '
                      f'y1="{top - 4}" x2="{x:.1f}" y2="{bottom}"/>'
                      f'<text class="{marker.name}-label" fill="{colour}" font-weight="600" '
-                     f'x="{x + (-4 if anchor == "end" else 4):.1f}" y="{12 + 13 * row}" text-anchor="{anchor}">'
+                     f'x="{x + (-4 if anchor == "end" else 4):.1f}" y="{line * (row + 1) - 1:.1f}" text-anchor="{anchor}">'
                      f"{e(_marker_text(marker))}</text>")
     parts.append("</svg>")
     return "".join(parts)
