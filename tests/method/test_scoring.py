@@ -1,5 +1,5 @@
-"""Scoring maps and masks against a person's mask (docs/method.md §10), checked against a re-implementation
-written here from the document: bilinear half-pixel resizing in float64, the two region rules, IoU."""
+"""Scoring maps and masks against a person's mask (docs/method.md §10), checked against tests/iou_reference.py,
+a re-implementation written from the document: bilinear half-pixel resizing in float64, the region rules, IoU."""
 
 from __future__ import annotations
 
@@ -15,38 +15,7 @@ from surgery.method.scoring import TruthMask, truth_mask_array, truth_scores
 from surgery.method.views import apply_threshold
 from surgery.request import build_request
 
-
-def bilinear(grid: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(g, g) -> (height, width), align_corners=False: sample at (i + 0.5) * g / size - 0.5, edges clamped."""
-    g_h, g_w = grid.shape
-
-    def axis(size: int, g: int):
-        pos = np.clip((np.arange(size) + 0.5) * g / size - 0.5, 0, g - 1)
-        low = np.floor(pos).astype(int)
-        high = np.minimum(low + 1, g - 1)
-        return low, high, pos - low
-
-    y0, y1, fy = axis(height, g_h)
-    x0, x1, fx = axis(width, g_w)
-    grid = grid.astype(np.float64)
-    top = grid[y0][:, x0] * (1 - fx) + grid[y0][:, x1] * fx
-    bottom = grid[y1][:, x0] * (1 - fx) + grid[y1][:, x1] * fx
-    return top * (1 - fy[:, None]) + bottom * fy[:, None]
-
-
-def stretched(raw: np.ndarray) -> np.ndarray:
-    low, high = raw.min(), raw.max()
-    return (raw - low) / (high - low)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
-    return int((a & b).sum()), int((a | b).sum())
-
-
-def close_counts(got: dict, expected: tuple[int, int], pixels: int) -> bool:
-    """Equal up to pixels whose value lies within float rounding of the cut (at most 0.05 % of the image)."""
-    tolerance = max(2, pixels // 2000)
-    return abs(got["intersection"] - expected[0]) <= tolerance and abs(got["union"] - expected[1]) <= tolerance
+from iou_reference import bilinear, close_counts, overlap as iou, stretched
 
 
 @pytest.fixture(scope="module")
