@@ -47,7 +47,7 @@ CSS = f"""
   align-items: start; }}
 .card-histogram > svg, .card-histogram details svg {{ width: 100%; height: auto; display: block; max-width: 480px; }}
 .card-histogram svg {{ color: var(--body-text-color); font-family: var(--font); }}
-.card-histogram svg rect.bar {{ cursor: pointer; }}
+.card-histogram svg rect.bin {{ cursor: pointer; }}
 .card-histogram svg rect.bar.picked {{ stroke: var(--body-text-color); stroke-width: 1.5; }}
 .card-histogram .hist-side {{ font-size: 0.9rem; }}
 .card-histogram .hist-side p {{ margin: 0 0 6px; }}
@@ -101,7 +101,7 @@ def mask_quality(score: float) -> str:
 def _mask_caption(view: LabelView) -> str:
     mask = view.chosen_mask
     if view.instances:
-        return (f"SAM mask · {len(view.instances)} regions · best {mask_quality(view.chosen_score)} · "
+        return (f"SAM mask · {len(view.instances)} instances · best {mask_quality(view.chosen_score)} · "
                 f"{mask.mean():.1%} of the image")
     which = "" if view.choice is None else f" (candidate {view.chosen + 1})"
     return f"SAM mask{which} · {mask_quality(view.chosen_score)} · {mask.mean():.1%} of the image"

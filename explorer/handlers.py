@@ -131,7 +131,9 @@ class Handlers:
             "details": page.details_markdown(state, explanation, sam_pending),
             "zip": zip_path,
             "result_json": json_path,
-            "mask_labels": gr.update(choices=found, value=state.mask_label if state.mask_label in found else None),
+            # the chooser shows a label's candidates (the first found one's until another is picked)
+            "mask_labels": gr.update(choices=found, value=state.mask_label if state.mask_label in found
+                                     else found[0] if found else None),
             "scores": page.scores_html(None if state.truth is None else
                                        truth_scores(explanation, state.truth, with_masks=sam_state == "on")),
             "result_area": gr.update(visible=True),  # hidden until the first result
@@ -399,9 +401,11 @@ class Handlers:
         top = max(float(lm.point_parts.max()) for lm in state.maps.labels)
         return gr.update(maximum=max(SLIDER_LEAST_MAXIMUM, round(top * SLIDER_HEADROOM + 0.005, 2))), ""
 
-    def load_example(self, example):
-        """An example's thumbnail was clicked: its image and labels go into the inputs (then it runs)."""
-        if not isinstance(example, int) or not 0 <= example < len(EXAMPLES):
+    def load_example(self, event: gr.EventData):
+        """An example's thumbnail was clicked (the event's data: {example: index}): its image and labels go
+        into the inputs (then it runs)."""
+        example = (getattr(event, "_data", None) or {}).get("example")
+        if isinstance(example, bool) or not isinstance(example, int) or not 0 <= example < len(EXAMPLES):
             return gr.update(), gr.update()
         name, labels = EXAMPLES[example]
         return str(ASSETS / name), labels

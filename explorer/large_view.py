@@ -19,7 +19,10 @@ CSS = f"""
 #large-view {{ position: fixed; inset: 0; z-index: 1000; background: rgba(0, 0, 0, 0.75); overflow: auto;
   display: flex; justify-content: center; align-items: flex-start; padding: 12px; box-sizing: border-box; }}
 #large-view[hidden] {{ display: none; }}
-#large-view .lv-panel {{ background: var(--background-fill-primary, #ffffff); color: var(--body-text-color, #111111);
+#large-view .lv-ramp {{ margin-top: 6px; }}
+#large-view .lv-ramp[hidden] {{ display: none; }}
+#large-view .lv-panel {{ font-family: var(--font, system-ui, sans-serif);
+  background: var(--background-fill-primary, #ffffff); color: var(--body-text-color, #111111);
   border-radius: 10px; padding: 10px 14px 12px; max-width: 100%; box-sizing: border-box; }}
 #large-view .lv-bar {{ display: flex; justify-content: space-between; align-items: center; gap: 12px; }}
 #large-view .lv-title {{ font-size: 1.05rem; font-weight: 600; margin: 0; overflow-wrap: anywhere; }}
@@ -75,6 +78,7 @@ if (!view) {
         <label class="lv-show-mask"><input type="checkbox"> show SAM's mask</label>
         <p class="lv-status" aria-live="polite"></p>
       </div>
+      <div class="colour-bar lv-ramp" hidden><span>weak</span><span class="ramp"></span><span>strong match</span></div>
       <img class="lv-image" alt="">
       <p class="lv-caption"></p>
     </div>`;
@@ -120,6 +124,7 @@ function refresh() {
   const picture = figure && figure.querySelector('img');
   if (!card || !picture) { close(); return; }
   view.classList.toggle('refining', refining);
+  view.querySelector('.lv-ramp').hidden = figure.dataset.kind !== 'map';
   tools.hidden = !refining;
   showMask.parentElement.hidden = !maskImage;
   const what = {map: 'map', points: 'points for SAM', mask: "SAM's mask"}[figure.dataset.kind];
@@ -167,14 +172,15 @@ element.addEventListener('click', event => {
   pickBar(event);
 });
 function pickBar(event) {
-  const bar = event.target.closest && event.target.closest('rect.bar');
-  if (!bar) return;
-  const box = bar.closest('.card-histogram');
+  const bin = event.target.closest && event.target.closest('rect.bin');
+  if (!bin) return;
+  const box = bin.closest('.card-histogram');
   const readout = box && box.querySelector('.hist-readout');
-  const title = bar.querySelector('title');
+  const title = bin.querySelector('title');
   if (!readout || !title) return;
   box.querySelectorAll('rect.bar.picked').forEach(other => other.classList.remove('picked'));
-  bar.classList.add('picked');
+  const bar = bin.ownerSVGElement.querySelector('rect.bar[data-bin="' + bin.dataset.bin + '"]');
+  if (bar) bar.classList.add('picked');
   readout.textContent = title.textContent;
   readout.classList.add('count');
 }

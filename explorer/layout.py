@@ -13,7 +13,8 @@ from surgery.method.options import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, REDUN
 from surgery.method.table import DEFAULT_METHODS, METHOD_TABLE, default_points_from
 
 from . import cards, large_view
-from .examples import ASSETS, EXAMPLES
+from . import examples as example_pages
+from .examples import ASSETS
 from .components import ChoiceDropdown, MethodsGroup, SafeImage, ThresholdSlider
 from .handlers import Handlers
 
@@ -26,10 +27,9 @@ STATUS_POLL_S = 2.0  # the model status line refreshes this often until every de
 QUEUE_SIZE = 32  # requests waiting for a model job; more are refused at once with "queue full"
 
 INTRO = """# CLIP Surgery Explorer
-**Where does CLIP see a word in a picture?** Upload an image (or click an example), type what to look for,
-and press **Run**. Each label gets a card: where plain CLIP and
-[CLIP Surgery](https://arxiv.org/abs/2304.05653) (a change to CLIP that needs no training) find it, red for a
-strong match, and the mask [Segment Anything](https://segment-anything.com) draws from the strongest places.
+**Where does CLIP see a word in a picture?** Upload an image or click an example, type what to look for, press
+**Run**: each label gets a card with where plain CLIP and [CLIP Surgery](https://arxiv.org/abs/2304.05653) find it
+(red: a strong match) and the mask [Segment Anything](https://segment-anything.com) draws from it.
 """
 WELCOME = """### Results appear here
 One card per label you type, each with:
@@ -41,9 +41,8 @@ One card per label you type, each with:
 Not sure where to start? Click an example under Run.
 """
 LABELS_HINT = "Separate labels with commas. Join parts with + to look for them together: cat+grass."
-THRESHOLD_HINT = ("How strongly a place must match a label to count (on the map the points come from, CLIP Surgery "
-                  "by default). 0 = off: every label counts as found and each map runs from its own weakest to "
-                  "strongest place.")
+THRESHOLD_HINT = ("How strongly a place must match a label to count (on the map the points come from). "
+                  "0 = off: every label is found.")
 SCORE_HELP = ("Mark the true pixels of one label, by painting over them on the picture or by uploading a "
               "black-and-white mask (white where the label is, the image's size), and see how well each map and "
               "SAM's mask cover them. A map's region is where it reaches the threshold (the map the points come "
@@ -51,7 +50,7 @@ SCORE_HELP = ("Mark the true pixels of one label, by painting over them on the p
               "exactly how.")
 
 
-PAGE_CSS = cards.CSS + large_view.CSS + """
+PAGE_CSS = cards.CSS + large_view.CSS + example_pages.CSS + """
 #labels textarea::placeholder, .gradio-container .info, .gradio-container [data-testid="block-info"] + span {
   color: var(--body-text-color-subdued); }
 #threshold input[type=range]:focus-visible { outline: 3px solid #0072b2; outline-offset: 2px; }
@@ -64,11 +63,9 @@ PAGE_CSS = cards.CSS + large_view.CSS + """
 #model-status p { display: inline; }
 #model-status p + p::before { content: " · "; }
 #threshold-note { border-left: 4px solid #0072b2; padding-left: 8px; }
-#examples .gallery { gap: 6px; }
-#examples button.gallery-item { padding: 0; }
-#examples img { width: 72px; height: 72px; object-fit: cover; border-radius: 4px; }
 .truth-scores table { border-collapse: collapse; font-size: 0.95rem; }
-.truth-scores th, .truth-scores td { padding: 3px 10px 3px 0; text-align: left; vertical-align: top; }
+.truth-scores th, .truth-scores td { padding: 3px 8px; text-align: left; vertical-align: top; font-size: 0.95rem;
+  border: 1px solid var(--border-color-primary); }
 .truth-scores td.iou { font-weight: 700; font-variant-numeric: tabular-nums; }
 """
 # Rules for narrow screens go into <head> as they are (Gradio scopes @media rules of `css` to its content);
@@ -76,10 +73,10 @@ PAGE_CSS = cards.CSS + large_view.CSS + """
 PAGE_HEAD = "<style>" + cards.MEDIA_CSS + large_view.MEDIA_CSS + """
 @media (max-width: 700px) {
   .gradio-container { padding: 0 4px !important; }
+  .gradio-container .main.fillable { padding-left: 6px !important; padding-right: 6px !important; }
   .gradio-container .contain .column { gap: 10px !important; }
   #results, #result-area { padding: 0 !important; }
   #cards > .html-container, #cards .prose { padding: 0 !important; }
-  #examples img { width: 60px !important; height: 60px !important; }
 }
 </style>"""
 # The hint texts' colour: Gradio's subdued text measured 1.9:1 on white; this is 4.5:1 or more in both themes.
@@ -112,10 +109,6 @@ def inputs_for(handler: Callable, fields: dict[str, gr.components.Component]) ->
     return inputs
 
 
-def example_thumbnails() -> list[list[str]]:
-    return [[str(ASSETS / name)] for name, _ in EXAMPLES]
-
-
 def build_demo(handlers: Handlers, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
     store = handlers.store
     with gr.Blocks(title="CLIP Surgery Explorer", delete_cache=(CACHE_SWEEP_S, SESSION_TTL_S), fill_width=True) as demo:
@@ -123,19 +116,17 @@ def build_demo(handlers: Handlers, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
         status_box = gr.Markdown("Loading model weights…", elem_id="model-status")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320, elem_id="inputs"):
-                image = SafeImage(type="pil", image_mode=None, label="Image", height=250, elem_id="image")
+                image = SafeImage(type="pil", image_mode=None, label="Image", height=240, elem_id="image")
                 labels = gr.Textbox(label="Labels", placeholder="person, bench, cat+grass", info=LABELS_HINT,
                                     elem_id="labels", max_lines=1, submit_btn=False)
                 threshold = ThresholdSlider(0.0, 1.0, value=0.0, step=0.001, label="Threshold", info=THRESHOLD_HINT,
                                             elem_id="threshold")
                 with gr.Row():
-                    run_button = gr.Button("Run", variant="primary", scale=2, elem_id="run")
+                    run_button = gr.Button("Run", variant="primary", scale=1, elem_id="run")
                     suggest_button = gr.Button("Suggest threshold", scale=1, elem_id="suggest")
                 threshold_note = gr.Markdown("", elem_id="threshold-note")
-                examples = gr.Dataset(components=[gr.Image(visible=False, show_label=False)],
-                                      samples=example_thumbnails(), layout="gallery", type="index",
-                                      label="Examples: click one to run it", elem_id="examples",
-                                      samples_per_page=len(EXAMPLES))
+                examples = gr.HTML(example_pages.examples_html(), elem_id="examples",
+                                   js_on_load=example_pages.SCRIPT)
                 with gr.Accordion("Advanced: methods and options", open=False, elem_id="advanced"):
                     methods = MethodsGroup(
                         [(row.title, name) for name, row in METHOD_TABLE.items()], value=list(DEFAULT_METHODS),
@@ -229,7 +220,7 @@ def build_demo(handlers: Handlers, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                   "extra_points": extra_points, "truth_label": truth_label, "truth_mask": truth_mask,
                   "state": state, "mask_label": mask_label, "mask_candidate": mask_candidate,
                   "truth_choice": truth_choice, "truth_drawing": truth_drawing, "truth_upload": truth_upload,
-                  "example": examples}
+}
         light = dict(concurrency_id="rerender", concurrency_limit=RERENDER_CONCURRENCY, show_progress="hidden",
                      api_visibility="private")
         demo.load(handlers.status, outputs=[status_box, timer], queue=False, api_visibility="private")
@@ -240,8 +231,8 @@ def build_demo(handlers: Handlers, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
             handlers.pre_encode, inputs=inputs_for(handlers.pre_encode, fields), outputs=None,
             concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY, show_progress="hidden",
             api_visibility="private")
-        example_loaded = examples.click(handlers.load_example, inputs=inputs_for(handlers.load_example, fields),
-                                        outputs=[image, labels], queue=False, api_visibility="private").then
+        example_loaded = examples.click(handlers.load_example, inputs=None, outputs=[image, labels], queue=False,
+                                        api_visibility="private").then
         for trigger in (run_button.click, labels.submit, example_loaded):
             # Checked first, with no outputs and never waiting behind a model job: a refusal shows its
             # message and leaves the page as it was.

@@ -128,8 +128,8 @@ def scores_html(record: dict | None) -> str:
     e = html.escape
     rows = []
     for method, score in record["maps"].items():
-        rule = (f"where the map reaches the threshold {format_value(score['cut'])}" if score["region"] == "threshold"
-                else f"the upper half of the map's own range (stretched value at least {format_value(STRETCHED_CUT)})")
+        rule = (f"where it reaches the threshold {format_value(score['cut'])}" if score["region"] == "threshold"
+                else f"the upper half of its own range (stretched value ≥ {format_value(STRETCHED_CUT)})")
         rows.append((f"{method_title(method)} map", rule, score))
     sam = record["sam_mask"]
     if sam is not None:
@@ -140,5 +140,5 @@ def scores_html(record: dict | None) -> str:
     return (f'<div class="truth-scores" data-label="{e(record["label"], quote=True)}">'
             f"<p>Your mask of <b>{e(record['label'])}</b>: {record['area']:,} pixels. IoU = pixels shared ÷ pixels in "
             "either (1: a perfect match, 0: no overlap).</p>"
-            "<table><thead><tr><th>Region</th><th>IoU</th><th>shared / either (pixels)</th><th>Region taken as</th>"
+            "<table><thead><tr><th>Region</th><th>IoU</th><th>shared / either (pixels)</th><th>The region is</th>"
             f"</tr></thead><tbody>{body}</tbody></table></div>")

@@ -51,13 +51,15 @@ def test_histogram_marks_and_labels_threshold_and_suggestion():
     svg = histogram_svg(values, threshold=0.12, suggested=0.03, label="cat")
     assert 'class="threshold"' in svg and "threshold 0.12" in svg
     assert 'class="suggested"' in svg and "suggested 0.03" in svg
-    assert svg.count("<title>") == svg.count("<rect")  # a count per bar (hover, or a tap through the card's script)
+    # a count per bin, on its whole column (hover, or a tap through the card's script)
+    assert svg.count("<title>") == svg.count('<rect class="bin"') == svg.count('<rect class="bar')
     assert 'font-size="13"' in svg and 'viewBox="0 0 360 ' in svg  # 11 px or more once shown 305 px wide
     counts = [int(n) for n in re.findall(r"<title>(\d+) places", svg)]
     assert sum(counts) == values.size
-    evidence = re.findall(r'<rect class="bar evidence"[^>]*><title>(\d+)', svg)
+    counts_by_bin = {int(b): int(n) for b, n in re.findall(r'<rect class="bin" data-bin="(\d+)"[^>]*><title>(\d+)', svg)}
+    evidence = [int(b) for b in re.findall(r'<rect class="bar evidence" data-bin="(\d+)"', svg)]
     bin_counts, edges = np.histogram(values, bins=40)
-    assert sum(int(n) for n in evidence) == int(bin_counts[edges[:-1] >= 0.12].sum()) > 0  # bins starting at t or above
+    assert sum(counts_by_bin[b] for b in evidence) == int(bin_counts[edges[:-1] >= 0.12].sum()) > 0  # bins from t up
     off = histogram_svg(values, threshold=None, suggested=None, label="cat")
     assert 'class="threshold"' not in off and "evidence" not in off
     assert "no data" in histogram_svg(np.array([]), None, None, "x")
