@@ -221,7 +221,9 @@ def test_score_against_an_uploaded_mask_gives_numbers_recomputed_here(browser, a
     Image.fromarray(truth).save(mask_path)
     page.get_by_text("Score against a mask").click()
     expect(page.locator("#truth-label")).to_be_visible()
-    expect(page.locator("#truth-editor")).to_be_visible()
+    expect(page.locator("#truth-editor canvas").first).to_be_visible()
+    page.wait_for_timeout(1500)  # the editor draws the image in once it is shown
+    page.locator("#score").scroll_into_view_if_needed()
     shot(page, "page-desktop-score-open")
     page.get_by_role("tab", name="Upload a mask").click()
     page.locator("#truth-upload input[type=file]").set_input_files(str(mask_path))
