@@ -46,7 +46,7 @@ MEDIA_CSS = """
 @media (max-width: 700px) {
   #large-view { padding: 0 !important; }
   #large-view .lv-panel { border-radius: 0 !important; padding: 8px 0 !important; width: 100% !important; min-height: 100% !important; }
-  #large-view .lv-bar, #large-view .lv-tools, #large-view .lv-caption { padding: 0 10px !important; }
+  #large-view .lv-bar, #large-view .lv-tools, #large-view .lv-caption, #large-view .lv-ramp { padding: 0 10px !important; }
   #large-view .lv-image { width: 100% !important; border-radius: 0 !important; }
 }
 """
