@@ -12,6 +12,7 @@ import functools
 import inspect
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,9 +20,9 @@ import gradio as gr
 
 from surgery.errors import InputError, UserError
 from surgery.method.options import resolution_value, snap_resolution
+from surgery.method.scoring import check_truth, truth_scores
 from surgery.method.table import METHOD_TABLE, check_segmenter, default_points_from, method_title
-from surgery.method.threshold import check_threshold
-from surgery.method.options import PointOptions
+from surgery.method.threshold import check_threshold, threshold_note
 from surgery.method.views import Explanation, apply_threshold
 from surgery.output.files import label_slug
 from surgery.precision import resolve_precision
@@ -30,6 +31,7 @@ from surgery.request import ExplainRequest, build_request
 from . import cards, page, served_files
 from . import session as S
 from .components import upload_problem
+from .examples import ASSETS, EXAMPLES
 from .gpu import ModelWork
 from .inputs import image_array, image_file_name
 from .model_store import ModelStore
@@ -88,7 +90,7 @@ class Handlers:
     # What each re-render returns, by name and in this order (Run adds the session state after them);
     # the page lays its output components out from the same names (`explorer.layout`).
     PAGE_OUTPUT_NAMES = ("overview", "notice", "headline", "legend", "cards", "details", "zip", "result_json",
-                         "mask_labels")
+                         "mask_labels", "scores", "result_area", "welcome")
     PAGE_OUTPUTS = len(PAGE_OUTPUT_NAMES)
 
     def __init__(self, store: ModelStore, output_dir: Path) -> None:
@@ -129,7 +131,13 @@ class Handlers:
             "details": page.details_markdown(state, explanation, sam_pending),
             "zip": zip_path,
             "result_json": json_path,
-            "mask_labels": gr.update(choices=found, value=state.mask_label if state.mask_label in found else None),
+            # the chooser shows a label's candidates (the first found one's until another is picked)
+            "mask_labels": gr.update(choices=found, value=state.mask_label if state.mask_label in found
+                                     else found[0] if found else None),
+            "scores": page.scores_html(None if state.truth is None else
+                                       truth_scores(explanation, state.truth, with_masks=sam_state == "on")),
+            "result_area": gr.update(visible=True),  # hidden until the first result
+            "welcome": gr.update(visible=False),
         }
         return tuple(values[name] for name in self.PAGE_OUTPUT_NAMES)
 
@@ -146,7 +154,8 @@ class Handlers:
                                **changes)
 
     def _checked_request(self, image, labels_text, threshold, resolution, redundancy, sam_choice, precision,
-                         instances, positive_only, methods, points_from) -> tuple[ExplainRequest, tuple | None]:
+                         instances, positive_only, methods, points_from, extra_points=None, truth_label=None,
+                         truth_mask=None) -> tuple[ExplainRequest, tuple | None]:
         """Everything about a request that can be refused without a model, checked once: the explanation
         request (`surgery.request.build_request`, the precision resolved for where the models run) and
         the SAM model's key (None: SAM off)."""
@@ -154,7 +163,8 @@ class Handlers:
             raise UserError("Upload an image first (or pick an example below).")
         request = build_request(labels_text, threshold=threshold, resolution=resolution, redundancy=redundancy,
                                 methods=methods, points_from=points_from, precision=precision,
-                                device=self._placement(), instances=instances, positive_only=positive_only)
+                                device=self._placement(), instances=instances, positive_only=positive_only,
+                                extra_points=extra_points, truth_label=truth_label, truth_mask=truth_mask)
         sam_key = self.store.sam_key(sam_choice, request.maps.precision)
         if sam_key is None:
             check_segmenter(request.maps.methods, None)  # with SAM on: once the model is known (_segmenter_for)
@@ -168,16 +178,19 @@ class Handlers:
         return segmenter
 
     def _maps(self, image, request: ExplainRequest, backbone, sam_key=None, progress=None):
-        """The working image, the explainer, the raw maps and the notes for the page. The resolution is
-        snapped to the backbone's patch size (with a note) rather than refused."""
+        """The working image, the request fitted to it (`ExplainRequest.for_image`: a person's points
+        inside it, the truth mask at its size), the explainer, the raw maps and the notes for the page. The
+        resolution is snapped to the backbone's patch size (with a note) rather than refused."""
         working = image_array(image)
+        height, width = working.rgb.shape[:2]
+        request = request.for_image(width, height)
         explainer = self.store.clip(backbone, progress=progress)  # loaded here; computed in a GPU task
         size, note = snap_resolution(request.maps.resolution, explainer.patch_size)
         request = request.at_resolution(size)
         explainer.check_fits(request.maps)
         maps = self.work.maps(backbone, working.rgb, request.labels, request.maps, sam_key)
         notes = request.notes + tuple(n for n in (working.note, note) if n)
-        return working, explainer, maps, notes
+        return working, request, explainer, maps, notes
 
     # --- events -----------------------------------------------------------------------
     @user_errors
@@ -222,7 +235,8 @@ class Handlers:
                                                  precision, instances, positive_only, methods, points_from)
         progress(0.05, desc="Maps…")
         segmenter = self._segmenter_for(request, sam_key, _progress_messages(progress))
-        working, explainer, maps, notes = self._maps(image, request, backbone, sam_key, _progress_messages(progress))
+        working, request, explainer, maps, notes = self._maps(image, request, backbone, sam_key,
+                                                              _progress_messages(progress))
         state = S.SessionState(
             working.rgb, maps, explainer.name, None if segmenter is None else segmenter.name, sam_key, None, notes,
             point_options=request.points, image_name=image_file_name(image), source_size=working.source_size,
@@ -241,7 +255,7 @@ class Handlers:
     @user_errors
     def explain(self, image, labels_text, threshold=0.0, backbone=None, resolution=512, redundancy="vocab",
                 sam_choice=None, precision=None, instances=False, positive_only=False, methods=None,
-                points_from=None, include_files=False):
+                points_from=None, include_files=False, extra_points=None, truth_label=None, truth_mask=None):
         """Explain an image: where CLIP sees each label, by CLIP Surgery (and other methods), with SAM masks.
 
         Args:
@@ -261,6 +275,14 @@ class Handlers:
             points_from: the method whose map decides found / not found and gives SAM's points (default: CLIP
                 Surgery when it is computed, else the first of the methods).
             include_files: also return the zip of every output file and the overlay images.
+            extra_points: your own points per label, added to the derived ones: {label: [[x, y, 1 or 0], ...]}
+                with x, y in the working image's pixels (result.json's width and height: the image scaled to at
+                most 1024 px on its long side), 1 positive, 0 negative; at most 64 per label. A label with
+                points of yours is one SAM prompt and is found when it has a positive point.
+            truth_label: the label truth_mask marks (one of the labels).
+            truth_mask: a black-and-white picture of the image, white where truth_label is (or the label's pixels
+                painted on a transparent layer), the image's size or its shape scaled; result.json's "truth"
+                then holds the IoU of each map's region and of the SAM mask with it (docs/method.md §10).
 
         Returns:
             result: result.json's content (per label: found, points, presence, mask score and area, candidates).
@@ -270,13 +292,14 @@ class Handlers:
         """
         _check_flag("include_files", include_files)
         request, sam_key = self._checked_request(image, labels_text, threshold, resolution, redundancy, sam_choice,
-                                                 precision, instances, positive_only, methods, points_from)
+                                                 precision, instances, positive_only, methods, points_from,
+                                                 extra_points, truth_label, truth_mask)
         segmenter = self._segmenter_for(request, sam_key)
-        working, explainer, maps, notes = self._maps(image, request, backbone, sam_key)
+        working, request, explainer, maps, notes = self._maps(image, request, backbone, sam_key)
         state = S.SessionState(
             working.rgb, maps, explainer.name, None if segmenter is None else segmenter.name, sam_key,
             None if segmenter is None else segmenter.embed(working.rgb), notes, point_options=request.points,
-            image_name=image_file_name(image), source_size=working.source_size)
+            image_name=image_file_name(image), source_size=working.source_size, truth=request.truth)
         explanation = S.rerender(state, request.threshold, segmenter)
         self.store.idle_trim.job_done()
         result, files = S.result_and_files(state, explanation)
@@ -300,7 +323,57 @@ class Handlers:
 
     @user_errors
     def change_points(self, state, threshold, instances, positive_only) -> tuple:
-        return self._rerender(state, threshold, point_options=PointOptions(bool(instances), bool(positive_only)))
+        if state is None:
+            return self._unchanged()
+        return self._rerender(state, threshold, point_options=replace(
+            state.point_options, instances=bool(instances), positive_only=bool(positive_only)))
+
+    @user_errors
+    def edit_points(self, state, threshold, event: gr.EventData) -> tuple:
+        """A click in the large view of a label's points: the event's data is {label, x, y, edit} (x, y in the
+        working image's pixels; edit "positive", "negative", "remove" or "reset", `session.edited_points`).
+        SAM decodes that label's new points only; no encoder runs."""
+        if state is None:
+            return self._unchanged()
+        data = getattr(event, "_data", None)
+        if not isinstance(data, dict):
+            raise InputError("A click on the points carries a label, x, y and an edit.")
+        return self._rerender(state, threshold, edit=(data.get("label"), data.get("x"), data.get("y"),
+                                                      data.get("edit")))
+
+    def _score(self, state, threshold, truth_choice, mask) -> tuple:
+        if state is None:
+            raise UserError("Run first: the mask is scored against the current results.")
+        labels = tuple(lm.label for lm in state.maps.labels)
+        height, width = state.image_rgb.shape[:2]
+        truth = check_truth(truth_choice or None, mask, labels)
+        return self._rerender(state, threshold, truth=None if truth is None else truth.fitted(width, height))
+
+    @user_errors
+    def score_drawing(self, state, threshold, truth_choice, truth_drawing) -> tuple:
+        """Score against the pixels painted in the image editor (every layer's painted pixels)."""
+        return self._score(state, threshold, truth_choice, page.painted_mask(truth_drawing))
+
+    @user_errors
+    def score_upload(self, state, threshold, truth_choice, truth_upload) -> tuple:
+        """Score against an uploaded black-and-white mask (white: the label's pixels)."""
+        if truth_upload is None:
+            return self._unchanged()
+        return self._score(state, threshold, truth_choice, truth_upload)
+
+    @user_errors
+    def clear_score(self, state, threshold) -> tuple:
+        if state is None:
+            return self._unchanged()
+        return self._rerender(state, threshold, truth=None)
+
+    def prepare_scoring(self, state):
+        """After a Run: the editor shows the working image to draw on, and the label choice lists the labels."""
+        if state is None:
+            return gr.update(), gr.update()
+        labels = [lm.label.text for lm in state.maps.labels]
+        return (gr.update(value={"background": state.image_rgb, "layers": [], "composite": None}),
+                gr.update(choices=labels, value=labels[0]))
 
     @user_errors
     def choose_mask(self, state, threshold, mask_label, mask_candidate) -> tuple:
@@ -332,11 +405,21 @@ class Handlers:
                          value="best" if choice is None else str(choice + 1))
 
     def slider_range(self, state):
-        """After a Run: the slider's range fits this image's raw values (never an output of a call that can fail)."""
+        """After a Run (or another map for the points): the slider's range fits this image's raw values, and
+        an earlier suggestion's note goes (never an output of a call that can fail)."""
         if state is None:
-            return gr.update()
+            return gr.update(), gr.update()
         top = max(float(lm.point_parts.max()) for lm in state.maps.labels)
-        return gr.update(maximum=max(SLIDER_LEAST_MAXIMUM, round(top * SLIDER_HEADROOM + 0.005, 2)))
+        return gr.update(maximum=max(SLIDER_LEAST_MAXIMUM, round(top * SLIDER_HEADROOM + 0.005, 2))), ""
+
+    def load_example(self, event: gr.EventData):
+        """An example's thumbnail was clicked (the event's data: {example: index}): its image and labels go
+        into the inputs (then it runs)."""
+        example = (getattr(event, "_data", None) or {}).get("example")
+        if isinstance(example, bool) or not isinstance(example, int) or not 0 <= example < len(EXAMPLES):
+            return gr.update(), gr.update()
+        name, labels = EXAMPLES[example]
+        return str(ASSETS / name), labels
 
     def points_for_methods(self, methods, points_from):
         """When Compare changes: keep "Points from" where it is if that map is still computed, else move it
@@ -352,16 +435,19 @@ class Handlers:
             return ""
         return "**These results are for the previous options.** Press Run to update them."
 
-    def suggest(self, state):
-        """Otsu's threshold of the current maps, or a warning (the slider is never an error output)."""
+    def suggest(self, state, threshold):
+        """Otsu's threshold of the current maps: the slider moves to it, or, when a threshold cannot be that
+        value (`threshold_note`), stays and the note under it says why; the cards mark the suggestion
+        either way (the slider and the note are never error outputs)."""
         if state is None:
             gr.Warning("Run first: the suggestion is computed from the current image's maps.")
-            return gr.update()
+            return (gr.update(), "", *self._unchanged())
         value = S.suggest_threshold(state)
-        if value is None:
-            gr.Warning("The maps are flat; there is no threshold to suggest.")
-            return gr.update()
-        return gr.update(value=round(max(value, SLIDER_STEP), 3))
+        note = threshold_note(value)
+        rendered = self.rethreshold(state, threshold)
+        if note is not None:
+            return (gr.update(), f"{note} The threshold was left as it was.", *rendered)
+        return (gr.update(value=round(max(value, SLIDER_STEP), 3)), "", *rendered)
 
     def status(self):
         text, ready = self.store.status()

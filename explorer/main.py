@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from . import gradio_patches
     from .handlers import Handlers
-    from .layout import ASSETS, PAGE_CSS, THEME, build_demo
+    from .examples import ASSETS
+    from .layout import PAGE_CSS, PAGE_HEAD, THEME, build_demo
 
     gradio_patches.apply()
     problem = config.device_problem()
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         show_error=False,
         theme=THEME,
         css=PAGE_CSS,
+        head=PAGE_HEAD,
         mcp_server=mcp_available(),
     )
 

@@ -8,8 +8,12 @@ import re
 
 import numpy as np
 
+from surgery.errors import InputError
+from surgery.method.scoring import STRETCHED_CUT
+from surgery.method.table import method_title
 from surgery.method.views import Explanation
 from surgery.output.files import label_slug, mask_layers, overlay_names
+from surgery.output.histogram import format_value
 
 from .session import SessionState
 
@@ -100,3 +104,41 @@ def details_markdown(state: SessionState, explanation: Explanation, sam_pending:
 def summary_markdown(state: SessionState, explanation: Explanation, sam_pending: bool = False) -> str:
     """Headline and details together (what the API returns as its summary)."""
     return headline_markdown(state, explanation, sam_pending) + "\n\n" + details_markdown(state, explanation, sam_pending)
+
+
+def painted_mask(editor_value: object) -> np.ndarray:
+    """The pixels painted in the image editor, on any of its layers (alpha above 0), as bool (H, W); an
+    `InputError` when nothing is painted."""
+    layers = editor_value.get("layers") if isinstance(editor_value, dict) else None
+    painted = None
+    for layer in layers or ():
+        array = np.asarray(layer)
+        if array.ndim == 3 and array.shape[2] == 4:
+            alpha = array[:, :, 3] > 0
+            painted = alpha if painted is None else painted | alpha
+    if painted is None or not painted.any():
+        raise InputError("Paint over the label's pixels on the picture first (the brush), then press Score.")
+    return painted
+
+
+def scores_html(record: dict | None) -> str:
+    """The IoU of each map's region and of the SAM mask with a person's mask (result.json's `truth`), as a table."""
+    if record is None:
+        return ""
+    e = html.escape
+    rows = []
+    for method, score in record["maps"].items():
+        rule = (f"where it reaches the threshold {format_value(score['cut'])}" if score["region"] == "threshold"
+                else f"the upper half of its own range (stretched value ≥ {format_value(STRETCHED_CUT)})")
+        rows.append((f"{method_title(method)} map", rule, score))
+    sam = record["sam_mask"]
+    if sam is not None:
+        rows.append(("SAM mask", "the mask shown in the card" if sam["area"] else "no mask (not found)", sam))
+    body = "".join(f"<tr><th scope=\"row\">{e(name)}</th><td class=\"iou\">{score['iou']:.3f}</td>"
+                   f"<td>{score['intersection']:,} / {score['union']:,}</td><td>{e(rule)}</td></tr>"
+                   for name, rule, score in rows)
+    return (f'<div class="truth-scores" data-label="{e(record["label"], quote=True)}">'
+            f"<p>Your mask of <b>{e(record['label'])}</b>: {record['area']:,} pixels. IoU = pixels shared ÷ pixels in "
+            "either (1: a perfect match, 0: no overlap).</p>"
+            "<table><thead><tr><th>Region</th><th>IoU</th><th>shared / either (pixels)</th><th>The region is</th>"
+            f"</tr></thead><tbody>{body}</tbody></table></div>")

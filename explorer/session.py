@@ -17,7 +17,9 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
+from surgery.errors import InputError
 from surgery.method.results import MapsResult, MaskPrediction
+from surgery.method.scoring import TruthMask
 from surgery.method.threshold import otsu_threshold
 from surgery.method.options import PointOptions
 from surgery.method.views import Explanation, apply_threshold, decode_masks, decode_prompts, with_choices
@@ -96,6 +98,7 @@ class SessionState:
     png_memo: PngMemo = field(default_factory=lambda: PngMemo(16 << 20), repr=False, compare=False)
     shown: Explanation | None = field(default=None, repr=False, compare=False)  # the last render (mask choices)
     mask_label: str | None = None  # the label the mask chooser shows
+    truth: TruthMask | None = None  # a ground-truth mask to score against, at image_rgb's size
     # Re-render events of one session run one at a time, so the last one triggered renders last
     # with every option it changed (they share a concurrency group across sessions).
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -150,7 +153,8 @@ def result_and_files(state: SessionState, explanation: Explanation) -> tuple[dic
     """result.json's content and every download file of this render."""
     return explanation_files(state.image_rgb, explanation, model=state.model_name, sam_model=state.sam_name,
                              notes=state.notes, source_size=state.source_size,
-                             coco_file_name=state.image_name if state.sam_name else None, memo=state.png_memo)
+                             coco_file_name=state.image_name if state.sam_name else None, memo=state.png_memo,
+                             truth=state.truth)
 
 
 def page_files(state: SessionState, explanation: Explanation, sam_pending: bool = False) -> dict[str, bytes]:
@@ -170,13 +174,51 @@ def with_points_from(maps: MapsResult, method: str) -> MapsResult:
                    labels=tuple(replace(lm, points_from=method) for lm in maps.labels))
 
 
+POINT_EDITS = ("positive", "negative", "remove", "reset")
+
+
+def edited_points(state: SessionState, label: str, x: object, y: object, edit: object) -> PointOptions:
+    """The session's point options after one click of a person on `label`'s points at (x, y), working-image
+    pixels: `edit` "positive" or "negative" adds a point there, "remove" takes away the label's point
+    nearest to it (derived or added), "reset" returns to the derived points. An `InputError` for a label
+    not shown, a point off the image or an unknown edit."""
+    if edit not in POINT_EDITS:
+        raise InputError(f"A click on the points adds a positive or a negative point, removes one, or resets; "
+                         f"got {str(edit)[:20]!r}.")
+    view = next((v for v in (state.shown.labels if state.shown else ()) if v.text == label), None)
+    if view is None:
+        raise InputError("That label is not among the results shown; press Run again.")
+    options = state.point_options
+    if edit == "reset":
+        return options.resetting(label)
+    height, width = state.image_rgb.shape[:2]
+    if isinstance(x, bool) or isinstance(y, bool) or not all(isinstance(v, (int, float)) for v in (x, y)) or not (
+            0 <= x < width and 0 <= y < height):
+        raise InputError(f"The click lies outside the {width}×{height} image.")
+    if edit == "remove":
+        if len(view.points) == 0:
+            return options
+        nearest = view.points[int(np.argmin(np.hypot(view.points[:, 0] - x, view.points[:, 1] - y)))]
+        return options.dropping(label, tuple(int(v) for v in nearest))
+    return options.adding(label, (int(x), int(y), 1 if edit == "positive" else 0))
+
+
 def render_locked(state: SessionState, threshold: float | None, segmenter: SamSegmenter | None,
                   draw: Callable[[Explanation], T], *, point_options: PointOptions | None = None,
-                  mask_choice: tuple[str, int | None] | None = None, points_from: str | None = None) -> T:
+                  mask_choice: tuple[str, int | None] | None = None, points_from: str | None = None,
+                  edit: tuple[str, object, object, object] | None = None,
+                  truth: TruthMask | None | bool = False) -> T:
     """Apply a re-render's changes and draw it, one re-render of a session at a time, so the last one
     triggered renders last with every option it changed. `mask_choice` is (label, candidate index or
-    None for SAM's best); `points_from` one of the computed methods."""
+    None for SAM's best); `points_from` one of the computed methods; `edit` one click on a label's
+    points, (label, x, y, edit) as `edited_points` takes them; `truth` a mask to score against (None:
+    stop scoring; False: unchanged)."""
     with state.lock:
+        if edit is not None:
+            state.point_options = edited_points(state, *edit)
+            state.mask_choices.pop(edit[0], None)  # the label's new masks are other candidates
+        if truth is not False:
+            state.truth = truth
         if points_from is not None:
             state.maps = with_points_from(state.maps, points_from)
             state.mask_choices.clear()

@@ -60,13 +60,15 @@ def explain_file(path: Path, explainer: ClipExplainer, segmenter: SamSegmenter |
                  *, max_side: int = WORK_MAX_SIDE, coco: bool = False) -> ExplainedFile:
     """What `python -m surgery explain` makes of one image file, not yet written: the file decoded
     (`InputError` when it cannot be), scaled to `max_side`, explained, and its output files, with the
-    request's notes and any scaling note in result.json (and coco.json with `coco`)."""
+    request's notes and any scaling note in result.json (and coco.json with `coco`); a person's points and
+    truth mask are checked against the working image (`ExplainRequest.for_image`)."""
     path = Path(path)
     working = fit_long_side(load_image(path, name=path.name), max_side)
+    request = request.for_image(working.rgb.shape[1], working.rgb.shape[0])
     explanation = explain_image(explainer, segmenter, working.rgb, request)
     notes = request.notes + ((working.note,) if working.note else ())
     result, files = explanation_files(working.rgb, explanation, model=explainer.name,
                                       sam_model=None if segmenter is None else segmenter.name, notes=notes,
                                       source_size=working.source_size,
-                                      coco_file_name=path.name if coco else None)
+                                      coco_file_name=path.name if coco else None, truth=request.truth)
     return ExplainedFile(explanation, working, result, files)

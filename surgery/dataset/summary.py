@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..method.threshold import THRESHOLD_LIMIT, otsu_threshold
+from ..method.threshold import otsu_threshold, threshold_note
 from ..method.views import label_points
 from .settings import CalibrationSettings
 from .single import ImageJob, read_marker, read_raw_values
@@ -45,16 +45,6 @@ def read_image_values(jobs: Sequence[ImageJob], out: Path, label_count: int) -> 
         except (OSError, KeyError, TypeError, ValueError) as exc:
             unreadable[job.file] = f"its stored outputs could not be read back ({type(exc).__name__})"
     return values, unreadable
-
-
-def threshold_note(threshold: float | None) -> str | None:
-    """Why a suggestion cannot be typed into the app as is, or None when it can."""
-    if threshold is None:
-        return "The pooled values are constant: there is no threshold to suggest."
-    if not 0 < threshold <= THRESHOLD_LIMIT:
-        return (f"The suggestion {threshold:.6g} is outside what the app accepts (0 = off to "
-                f"{THRESHOLD_LIMIT:g}); these maps do not separate evidence from background.")
-    return None
 
 
 def build_summary(settings: CalibrationSettings, image_count: int, images: Sequence[ImageValues],

@@ -50,3 +50,15 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float | None:
     between = weight_low * weight_high * (mean_low - mean_high) ** 2
     cut = int(np.argmax(between[:-1]))
     return float(edges[cut + 1])
+
+
+def threshold_note(suggested: float | None) -> str | None:
+    """Why a suggested threshold cannot be used as it is, in one line, or None when it can: a threshold is
+    above 0 and at most `THRESHOLD_LIMIT` (0 is off). The app's "Suggest threshold" and calibrate's
+    summary say the same."""
+    if suggested is None:
+        return "The values are all the same: there is no threshold to suggest."
+    if not 0 < suggested <= THRESHOLD_LIMIT:
+        return (f"The suggested threshold, {suggested:.3g}, is outside what a threshold can be (above 0, up to "
+                f"{THRESHOLD_LIMIT:g}; 0 is off): these maps do not separate the labels from the background.")
+    return None

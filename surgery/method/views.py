@@ -32,7 +32,8 @@ class LabelView:
     `displays` holds each computed method's display map, by key; the threshold shapes only the map
     the points come from, the others are min-max stretched. `choice` overrides which of
     SAM's three candidates is shown (None: the best score). With the instances option,
-    `instances` holds one entry per region and `points` is their union.
+    `instances` holds one entry per region and `points` is their union. `added` are the points a person
+    added (part of `points`); a label a person edited is one prompt, never split into instances.
     """
 
     maps: LabelMaps
@@ -42,6 +43,7 @@ class LabelView:
     mask: MaskPrediction | None = None
     instances: tuple[InstanceView, ...] = ()
     choice: int | None = None
+    added: np.ndarray = field(default_factory=lambda: NO_POINTS.copy())
 
     @property
     def text(self) -> str:
@@ -94,12 +96,15 @@ def label_points(label: Label, raw_parts: np.ndarray, width: int, height: int, t
                  options: PointOptions = PointOptions()) -> tuple[bool, np.ndarray, tuple[InstanceView, ...]]:
     """Found or not, SAM's points and (with the instances option) the regions, from the raw (P, g, g) parts
     of the map the points come from. A label is found when some value reaches the threshold and points
-    remain for SAM."""
+    remain for SAM. A person's points (`options.added` / `options.removed`) change the derived ones: the
+    removed are taken out, the added put in (positive-only leaves a person's negatives), and the label is
+    found when a positive point remains, whatever its map (one prompt, no instances)."""
     found = any(is_found(part, threshold) for part in raw_parts)
     instances: tuple[InstanceView, ...] = ()
+    edited = options.edited(label.text)
     if label.is_combined:
         points = combined_points(raw_parts, width, height, threshold) if found else NO_POINTS.copy()
-    elif found and options.instances:
+    elif found and options.instances and not edited:
         regions = instance_points(raw_parts[0], width, height, threshold)
         if options.positive_only:
             regions = [_positives_only(region) for region in regions]
@@ -109,6 +114,11 @@ def label_points(label: Label, raw_parts: np.ndarray, width: int, height: int, t
         points = points_for_sam(raw_parts[0], width, height, threshold) if found else NO_POINTS.copy()
     if options.positive_only:
         points = _positives_only(points)
+    if edited:
+        removed = {tuple(row) for row in options.removed(label.text).tolist()}
+        kept = np.array([row for row in points.tolist() if tuple(row) not in removed], dtype=np.int64).reshape(-1, 3)
+        points = np.concatenate([kept, options.added(label.text)])
+        return bool((points[:, 2] == 1).any()), points, ()
     found = found and len(points) > 0
     return found, points, instances if found else ()
 
@@ -121,7 +131,8 @@ def view_label(label_maps: LabelMaps, width: int, height: int, threshold: float 
                                             options)
     displays = {method: display_map(method_parts, threshold if method == label_maps.points_from else None)
                 for method, method_parts in label_maps.parts.items()}
-    return LabelView(label_maps, found, points, displays, instances=instances)
+    return LabelView(label_maps, found, points, displays, instances=instances,
+                     added=options.added(label_maps.label.text))
 
 
 def apply_threshold(maps: MapsResult, threshold: float | None,

@@ -115,7 +115,9 @@ def heat_overlay(image_rgb: np.ndarray, map_hw: np.ndarray) -> np.ndarray:
 
 
 def _point_radius(h: int, w: int) -> int:
-    return max(3, int(round(min(h, w) / 80)))
+    """Markers scale with the image, so that they keep their size on the page whatever the image's: about
+    1/64 of the long side (a 10 px radius on a 640 px image), never under 4."""
+    return max(4, int(round(max(h, w) / 64)))
 
 
 def _blend_rect(img: np.ndarray, x0: int, y0: int, x1: int, y1: int,
@@ -131,17 +133,28 @@ def _blend_rect(img: np.ndarray, x0: int, y0: int, x1: int, y1: int,
     img[y0:y1, x0:x1] = np.clip(np.rint(region), 0, 255).astype(np.uint8)
 
 
-def _draw_dot(img: np.ndarray, x: int, y: int, r: int, colour: RGB) -> None:
+def _draw_dot(img: np.ndarray, x: int, y: int, r: int, colour: RGB, sign: int | None = None,
+              ring: bool = False) -> None:
+    """An outlined disc; `sign` 1 or 0 draws a dark + or − inside (so the kind reads without colour);
+    `ring` adds a white ring outside (a point a person placed)."""
     outline = max(1, r // 3)
+    if ring:
+        cv2.circle(img, (x, y), r + outline + max(2, r // 4), (255, 255, 255), -1, cv2.LINE_AA)
     cv2.circle(img, (x, y), r + outline, OUTLINE_RGB, -1, cv2.LINE_AA)
     cv2.circle(img, (x, y), r, colour, -1, cv2.LINE_AA)
+    if sign is None or r < 4:
+        return
+    arm, width = max(2, int(round(r * 0.55))), max(1, int(round(r / 4)))
+    cv2.line(img, (x - arm, y), (x + arm, y), OUTLINE_RGB, width, cv2.LINE_AA)
+    if sign == 1:
+        cv2.line(img, (x, y - arm), (x, y + arm), OUTLINE_RGB, width, cv2.LINE_AA)
 
 
 def _draw_points_legend(img: np.ndarray, radius: int) -> None:
     """'(dot) positive  (dot) negative' in a dark box in the bottom-left corner."""
     h, w = img.shape[:2]
     font = cv2.FONT_HERSHEY_SIMPLEX
-    scale = max(0.35, min(h, w) / 900)
+    scale = max(0.35, max(h, w) / 1100)
     thick = max(1, int(round(scale * 1.5)))
     (tw_p, th), base = cv2.getTextSize("positive", font, scale, thick)
     (tw_n, _), _ = cv2.getTextSize("negative", font, scale, thick)
@@ -156,30 +169,33 @@ def _draw_points_legend(img: np.ndarray, radius: int) -> None:
     cy = y0 + box_h // 2
     text_y = cy + th // 2
     x = x0 + pad + r
-    for colour, text, tw in ((POSITIVE_RGB, "positive", tw_p), (NEGATIVE_RGB, "negative", tw_n)):
-        _draw_dot(img, x, cy, r, colour)
+    for colour, text, tw, sign in ((POSITIVE_RGB, "positive", tw_p, 1), (NEGATIVE_RGB, "negative", tw_n, 0)):
+        _draw_dot(img, x, cy, r, colour, sign)
         cv2.putText(img, text, (x + r + pad, text_y), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
         x += r + pad + tw + gap + r
 
 
 def draw_points(image_rgb: np.ndarray, points: np.ndarray | Sequence | None,
-                radius: int | None = None, *, legend: bool = True) -> np.ndarray:
-    """Draw SAM point prompts as outlined dots, with a small colour legend.
+                radius: int | None = None, *, legend: bool = True,
+                marked: np.ndarray | Sequence | None = None) -> np.ndarray:
+    """Draw SAM point prompts as outlined dots with a dark + (positive) or − (negative), and a small legend.
 
     Positive (label 1) in `POSITIVE_RGB`, negative (label 0) in `NEGATIVE_RGB`;
-    other labels are skipped. `radius` defaults to max(3, round(min(H, W) / 80)).
-    The legend (bottom-left) is drawn only when there is a point to explain,
-    and under the points, so that it never hides one.
+    other labels are skipped. `radius` defaults to `_point_radius` (1/64 of the long side, at least 4).
+    Points also in `marked` (a person's own) get a white ring. The legend (bottom-left) is drawn only
+    when there is a point to explain, and under the points, so that it never hides one.
     """
     out = _check_rgb(image_rgb).copy()
     pts = _check_points(points)
+    mine = {tuple(row) for row in _check_points(marked).tolist()}
     h, w = out.shape[:2]
     r = _point_radius(h, w) if radius is None else max(1, int(radius))
     drawable = pts[(pts[:, 2] == 1) | (pts[:, 2] == 0)] if len(pts) else pts
     if legend and len(drawable):
         _draw_points_legend(out, r)
     for x, y, label in drawable:
-        _draw_dot(out, int(x), int(y), r, POSITIVE_RGB if label == 1 else NEGATIVE_RGB)
+        _draw_dot(out, int(x), int(y), r, POSITIVE_RGB if label == 1 else NEGATIVE_RGB, int(label),
+                  ring=(int(x), int(y), int(label)) in mine)
     return out
 
 
@@ -195,27 +211,30 @@ def _tint(img: np.ndarray, mask: np.ndarray, colour: RGB, alpha: float = 0.5) ->
 
 
 def _contour(img: np.ndarray, mask: np.ndarray, colour: RGB, thickness: int) -> None:
+    """The mask's outline in its colour over a dark edge, so it reads on light and dark images alike."""
     if not mask.any():
         return
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
                                    cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(img, contours, -1, OUTLINE_RGB, thickness + 2, cv2.LINE_8)
     cv2.drawContours(img, contours, -1, colour, thickness, cv2.LINE_8)
 
 
 def _contour_thickness(h: int, w: int) -> int:
-    return max(1, int(round(min(h, w) / 300)))
+    """About 1/200 of the long side (3 px on a 640 px image), never under 2: visible when shown smaller."""
+    return max(2, int(round(max(h, w) / 200)))
 
 
 def draw_mask(image_rgb: np.ndarray, mask: np.ndarray,
               points: np.ndarray | Sequence | None = None,
-              colour: Sequence[int] = MASK_RGB) -> np.ndarray:
-    """Tint the mask at alpha 0.5, outline it, then draw the points on top."""
+              colour: Sequence[int] = MASK_RGB, marked: np.ndarray | Sequence | None = None) -> np.ndarray:
+    """Tint the mask at alpha 0.5, outline it, then draw the points on top (`marked` ones ringed)."""
     out = _check_rgb(image_rgb).copy()
     m = _check_mask(mask, out.shape[:2])
     c = _colour(colour)
     _tint(out, m, c)
     _contour(out, m, c, _contour_thickness(*out.shape[:2]))
-    return draw_points(out, points)
+    return draw_points(out, points, marked=marked)
 
 
 @functools.lru_cache(maxsize=1)

@@ -18,6 +18,7 @@ from typing import Callable, Hashable
 import numpy as np
 
 from ..method.maps import resize_map
+from ..method.scoring import TruthMask, truth_scores
 from ..method.table import METHOD_TABLE, method_title
 from ..method.views import Explanation, LabelView
 from . import coco
@@ -100,12 +101,26 @@ def label_record(view: LabelView) -> dict:
     return record
 
 
+def _point_lists(pairs) -> dict:
+    return {label: [list(row) for row in rows] for label, rows in pairs}
+
+
 def result_json(explanation: Explanation, *, model: str, sam_model: str | None,
-                notes: tuple[str, ...] | list[str] = (), source_size: tuple[int, int] | None = None) -> dict:
+                notes: tuple[str, ...] | list[str] = (), source_size: tuple[int, int] | None = None,
+                truth: TruthMask | None = None) -> dict:
     """`width`/`height` (and every point) are the pixels worked on; `source_width`/`source_height`
-    the decoded image's, larger when it was scaled down (`source_size` = (height, width))."""
+    the decoded image's, larger when it was scaled down (`source_size` = (height, width)).
+    `extra_points` are a person's points per label (part of each label's `points`), `removed_points`
+    (only when some) derived points a person took away; `truth` (with a truth mask) scores each map's
+    region and the SAM mask against it (`surgery.method.scoring.truth_scores`)."""
     maps = explanation.maps
     source_height, source_width = source_size or (maps.height, maps.width)
+    options = explanation.point_options
+    edits = {"extra_points": _point_lists(options.extra_points)}
+    if options.removed_points:
+        edits["removed_points"] = _point_lists(options.removed_points)
+    if truth is not None:
+        edits["truth"] = truth_scores(explanation, truth, with_masks=sam_model is not None)
     return {
         "width": maps.width,
         "height": maps.height,
@@ -122,6 +137,7 @@ def result_json(explanation: Explanation, *, model: str, sam_model: str | None,
         "threshold": explanation.threshold,
         "instances": explanation.point_options.instances,
         "positive_only": explanation.point_options.positive_only,
+        **edits,
         "notes": list(notes),
     }
 
@@ -161,16 +177,17 @@ def overlay_drawings(image_rgb: np.ndarray, explanation: Explanation, with_masks
         *map_names, points_name = overlay_names(view.text, methods)
         for method, name in zip(methods, map_names):
             drawings.append((name, *heat(view.displays[method])))
-        drawings.append((points_name, ("points", _digest(view.points)),
-                         functools.partial(draw_points, image_rgb, view.points)))
+        drawings.append((points_name, ("points", _digest(view.points), _digest(view.added)),
+                         functools.partial(draw_points, image_rgb, view.points, marked=view.added)))
     if with_masks:
         colours = palette(len(explanation.labels))
         for view, colour in zip(explanation.labels, colours):
             if view.chosen_mask is not None:
                 slug = label_slug(view.text)
                 mask_key = _digest(view.chosen_mask)
-                drawings.append((f"sam_{slug}.png", ("sam", mask_key, _digest(view.points), colour),
-                                 functools.partial(draw_mask, image_rgb, view.chosen_mask, view.points, colour)))
+                drawings.append((f"sam_{slug}.png", ("sam", mask_key, _digest(view.points), _digest(view.added), colour),
+                                 functools.partial(draw_mask, image_rgb, view.chosen_mask, view.points, colour,
+                                                   marked=view.added)))
                 drawings.append((f"mask_{slug}.png", ("mask", mask_key),
                                  functools.partial(binary_mask_image, view.chosen_mask)))
                 for number, inst in enumerate(view.instances, start=1):
@@ -254,11 +271,14 @@ def overlay_pngs(image_rgb: np.ndarray, explanation: Explanation, with_masks: bo
 
 def explanation_files(image_rgb: np.ndarray, explanation: Explanation, *, model: str, sam_model: str | None,
                       notes: tuple[str, ...] | list[str] = (), source_size: tuple[int, int] | None = None,
-                      coco_file_name: str | None = None, memo: PngMemo | None = None) -> tuple[dict, dict[str, bytes]]:
+                      coco_file_name: str | None = None, memo: PngMemo | None = None,
+                      truth: TruthMask | None = None) -> tuple[dict, dict[str, bytes]]:
     """result.json's content and every output file of one explanation (the one recipe the CLI, calibrate,
     the public API and the app's downloads share). Masks are included when `sam_model` names the SAM
-    whose masks `explanation` holds; `coco_file_name` adds coco.json for that image file."""
-    result = result_json(explanation, model=model, sam_model=sam_model, notes=notes, source_size=source_size)
+    whose masks `explanation` holds; `coco_file_name` adds coco.json for that image file; `truth` adds
+    the scores against that ground-truth mask (at the working image's size)."""
+    result = result_json(explanation, model=model, sam_model=sam_model, notes=notes, source_size=source_size,
+                         truth=truth)
     files = output_files(image_rgb, explanation, result, with_masks=sam_model is not None,
                          coco_file_name=coco_file_name, memo=memo)
     return result, files

@@ -211,9 +211,13 @@ def histogram_svg(hist: Histogram, *, description: str, axis_title: str = "", wi
                   height: int = 170, font_px: float = 12.5, bar_titles: str | None = "{count} patches with raw value "
                   "{start} to {stop}") -> str:
     """`hist` as inline SVG (colours set on the elements; text in `currentColor`, so it follows the page's
-    light or dark theme). `description` is the picture's accessible name; `bar_titles` a tooltip per bar
-    (None: none); bins at or above the threshold are drawn in the threshold's colour."""
-    left, right, top, bottom = 12, width - 12, 34, height - 30
+    light or dark theme). `description` is the picture's accessible name; `bar_titles` a tooltip per bin
+    (None: none), on a transparent `rect.bin` over the bin's whole column (`data-bin` pairs it with its
+    `rect.bar`); bins at or above the threshold are drawn in the threshold's colour."""
+    # Room for two marker labels above, the tick values (and the axis title) below, at this font size.
+    line = font_px + 1
+    left, right, top = 12, width - 12, 2 * line + 8
+    bottom = height - (2 * line + 6 if axis_title else line + 6)
     e = html.escape
     parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="{e(description, quote=True)}" '
              f'font-size="{font_px}" fill="currentColor">']
@@ -226,6 +230,7 @@ def histogram_svg(hist: Histogram, *, description: str, axis_title: str = "", wi
 
     peak = max(1, int(hist.counts.max()))
     bar, evidence = hex_colour(HIST_BAR_RGB), hex_colour(THRESHOLD_RGB)
+    hits: list[str] = []
     for i, count in enumerate(hist.counts):
         if count == 0:
             continue
@@ -233,19 +238,20 @@ def histogram_svg(hist: Histogram, *, description: str, axis_title: str = "", wi
         x0, x1 = x_of(start), max(x_of(stop), x_of(start) + 1)
         tall = (bottom - top) * count / peak
         kind = "bar evidence" if hist.evidence(i) else "bar"
-        tooltip = ("" if bar_titles is None else
-                   f"<title>{e(bar_titles.format(count=count, start=format_value(start), stop=format_value(stop)))}"
-                   "</title>")
-        parts.append(f'<rect class="{kind}" fill="{evidence if hist.evidence(i) else bar}" x="{x0:.1f}" '
-                     f'y="{bottom - tall:.1f}" width="{x1 - x0:.1f}" height="{tall:.1f}">{tooltip}</rect>')
+        parts.append(f'<rect class="{kind}" data-bin="{i}" fill="{evidence if hist.evidence(i) else bar}" '
+                     f'x="{x0:.1f}" y="{bottom - tall:.1f}" width="{x1 - x0:.1f}" height="{tall:.1f}"/>')
+        if bar_titles is not None:  # the bin's whole column answers a pointer or a tap, however short its bar
+            title = e(bar_titles.format(count=count, start=format_value(start), stop=format_value(stop)))
+            hits.append(f'<rect class="bin" data-bin="{i}" fill="transparent" x="{x0:.1f}" y="{top:.1f}" '
+                        f'width="{x1 - x0:.1f}" height="{bottom - top:.1f}"><title>{title}</title></rect>')
     parts.append(f'<line class="axis" stroke="currentColor" x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}"/>')
     for tick in hist.ticks:
         x = x_of(tick)
         parts.append(f'<line class="tick" stroke="currentColor" x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" '
-                     f'y2="{bottom + 4}"/><text x="{x:.1f}" y="{bottom + 16}" text-anchor="middle">'
+                     f'y2="{bottom + 4}"/><text x="{x:.1f}" y="{bottom + 4 + line:.1f}" text-anchor="middle">'
                      f"{format_value(tick)}</text>")
     if axis_title:
-        parts.append(f'<text x="{left}" y="{height - 2}">{e(axis_title)}</text>')
+        parts.append(f'<text x="{left}" y="{height - 3}">{e(axis_title)}</text>')
     for row, marker in enumerate(hist.markers):
         x = x_of(marker.at)
         anchor = "end" if x > (left + right) / 2 else "start"
@@ -254,7 +260,8 @@ def histogram_svg(hist: Histogram, *, description: str, axis_title: str = "", wi
         parts.append(f'<line class="{marker.name}" stroke="{colour}" stroke-width="2"{dashes} x1="{x:.1f}" '
                      f'y1="{top - 4}" x2="{x:.1f}" y2="{bottom}"/>'
                      f'<text class="{marker.name}-label" fill="{colour}" font-weight="600" '
-                     f'x="{x + (-4 if anchor == "end" else 4):.1f}" y="{12 + 13 * row}" text-anchor="{anchor}">'
+                     f'x="{x + (-4 if anchor == "end" else 4):.1f}" y="{line * (row + 1) - 1:.1f}" text-anchor="{anchor}">'
                      f"{e(_marker_text(marker))}</text>")
+    parts.extend(hits)  # last: above the lines, so that a pointer over a column finds its bin
     parts.append("</svg>")
     return "".join(parts)

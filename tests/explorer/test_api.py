@@ -159,3 +159,74 @@ def test_methods_and_points_from_over_the_api(app):
             client.predict(handle_file(str(IMAGE)), "cat", methods=methods, points_from=points_from,
                            api_name="/explain")
         assert re.search(says, str(error.value)) and "Traceback" not in str(error.value)
+
+
+def test_extra_points_join_the_derived_points_and_change_the_mask(app):
+    plain = explain(app, threshold=0)[0]
+    cat = plain["labels"][0]
+    mine = [[40, 260, 1], [430, 20, 0]]
+    result = explain(app, threshold=0, extra_points={"Cat": mine})[0]  # a label's case does not matter
+    assert result["extra_points"] == {"cat": mine}
+    assert result["labels"][0]["points"] == cat["points"] + mine
+    assert result["labels"][1]["points"] == plain["labels"][1]["points"]
+    assert result["labels"][0]["mask_candidates"] != cat["mask_candidates"]  # SAM was given the new points
+    assert plain["extra_points"] == {}
+
+
+@pytest.mark.parametrize("extra_points, words", [
+    ({"cat": [[451, 10, 1]]}, "outside the 451×300 image"),
+    ({"cat": [[10, -1, 1]]}, "outside the 451×300 image"),
+    ({"cat": [[10, 10]]}, "each point is [x, y, 1 or 0]"),
+    ({"cat": [[10, 10, 5]]}, "1 (positive) or 0 (negative)"),
+    ({"dog": [[10, 10, 1]]}, "names 'dog', which is not one of the labels"),
+    ([[10, 10, 1]], "must be {label: [[x, y, 1 or 0], ...]}"),
+])
+def test_bad_extra_points_are_refused_with_one_line(app, extra_points, words):
+    with pytest.raises(Exception) as error:
+        explain(app, threshold=0, sam_choice="off", extra_points=extra_points)
+    message = str(error.value)
+    assert words in message and "Traceback" not in message
+
+
+def test_truth_mask_scores_every_map_and_the_mask(app, tmp_path):
+    """IoU numbers recomputed here from the raw maps (maps.npz) and the mask (the zip), by tests/iou_reference.py."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    from iou_reference import bilinear, close_counts, overlap, stretched
+
+    truth = np.zeros((300, 451), np.uint8)
+    truth[60:240, 120:330] = 255
+    path = tmp_path / "truth.png"
+    Image.fromarray(truth).save(path)
+    result, _, zip_file, _ = explain(app, threshold=0, truth_label="cat",
+                                     truth_mask=handle_file(str(path)), include_files=True,
+                                     methods=["clip", "surgery", "naclip"])
+    score = result["truth"]
+    mask = truth >= 128
+    assert score["label"] == "cat" and score["area"] == int(mask.sum())
+    with zipfile.ZipFile(zip_file) as archive:
+        maps = np.load(io.BytesIO(archive.read("maps.npz")))
+        sam = np.array(Image.open(io.BytesIO(archive.read("mask_cat.png"))).convert("L")) >= 128
+    for method in ("clip", "surgery", "naclip"):
+        region = bilinear(stretched(maps[method][0]), 300, 451) >= 0.5  # threshold off: every map stretched
+        assert close_counts(score["maps"][method], overlap(region, mask), 300 * 451), method
+    expected = overlap(sam, mask)
+    assert (score["sam_mask"]["intersection"], score["sam_mask"]["union"]) == expected
+    assert score["sam_mask"]["iou"] == pytest.approx(expected[0] / expected[1], abs=1e-6)
+
+
+def test_a_truth_mask_of_another_shape_or_label_is_refused(app, tmp_path):
+    from PIL import Image
+
+    square = tmp_path / "square.png"
+    Image.new("L", (100, 100), 255).save(square)
+    for kwargs, words in ((dict(truth_label="cat", truth_mask=handle_file(str(square))), "not the image's shape"),
+                          (dict(truth_label="fish", truth_mask=handle_file(str(square))), "not one of the labels"),
+                          (dict(truth_label="cat"), "or neither")):
+        with pytest.raises(Exception) as error:
+            explain(app, threshold=0, sam_choice="off", **kwargs)
+        assert words in str(error.value) and "Traceback" not in str(error.value)

@@ -39,7 +39,10 @@ def test_pictures_keep_their_aspect_and_open_larger(explanation):
     pictures = re.findall(r'<img src="([^"]+)"[^>]* width="(\d+)" height="(\d+)"', html)
     assert len(pictures) == 3  # CLIP, CLIP Surgery, points; SAM is off
     assert all((int(w), int(h)) == (width, height) for _, w, h in pictures)
-    assert all(f'href="{src}" target="_blank"' in html for src, _, _ in pictures)
+    # a picture is a button that opens the large view on the page: no link, never a new tab
+    assert "<a " not in html and "target=" not in html
+    assert html.count('<button class="picture" type="button"') == len(pictures) == html.count("<img ")
+    assert 'data-kind="points"' in html and f'data-width="{width}" data-height="{height}"' in html
     assert "SAM is off" in html
 
 
@@ -48,20 +51,25 @@ def test_histogram_marks_and_labels_threshold_and_suggestion():
     svg = histogram_svg(values, threshold=0.12, suggested=0.03, label="cat")
     assert 'class="threshold"' in svg and "threshold 0.12" in svg
     assert 'class="suggested"' in svg and "suggested 0.03" in svg
-    assert svg.count("<title>") == svg.count("<rect")  # a tooltip per bar
-    counts = [int(n) for n in re.findall(r"<title>(\d+) patches", svg)]
+    # a count per bin, on its whole column (hover, or a tap through the card's script)
+    assert svg.count("<title>") == svg.count('<rect class="bin"') == svg.count('<rect class="bar')
+    assert 'font-size="13"' in svg and 'viewBox="0 0 360 ' in svg  # 11 px or more once shown 305 px wide
+    counts = [int(n) for n in re.findall(r"<title>(\d+) places", svg)]
     assert sum(counts) == values.size
-    evidence = re.findall(r'<rect class="bar evidence"[^>]*><title>(\d+)', svg)
+    counts_by_bin = {int(b): int(n) for b, n in re.findall(r'<rect class="bin" data-bin="(\d+)"[^>]*><title>(\d+)', svg)}
+    evidence = [int(b) for b in re.findall(r'<rect class="bar evidence" data-bin="(\d+)"', svg)]
     bin_counts, edges = np.histogram(values, bins=40)
-    assert sum(int(n) for n in evidence) == int(bin_counts[edges[:-1] >= 0.12].sum()) > 0  # bins starting at t or above
+    assert sum(counts_by_bin[b] for b in evidence) == int(bin_counts[edges[:-1] >= 0.12].sum()) > 0  # bins from t up
     off = histogram_svg(values, threshold=None, suggested=None, label="cat")
     assert 'class="threshold"' not in off and "evidence" not in off
     assert "no data" in histogram_svg(np.array([]), None, None, "x")
 
 
-def test_the_colour_bar_explains_stretching():
-    assert "stretched" in legend_html(None) and "least-bad" in legend_html(None)
-    assert "0.1" in legend_html(0.1) and "no evidence" in legend_html(0.1)
+def test_the_colour_bar_explains_stretching_in_plain_words():
+    assert "weakest place (blue) to its strongest (red)" in legend_html(None) and "best guess" in legend_html(None)
+    assert "Threshold 0.1" in legend_html(0.1) and "no match" in legend_html(0.1)
+    for jargon in ("softmax", "cosine", "raw ", "vocab", "redundancy"):
+        assert jargon not in legend_html(None) + legend_html(0.1)
 
 
 def test_each_computed_map_has_its_histogram_on_its_own_scale(explainer, rocket):
@@ -72,5 +80,5 @@ def test_each_computed_map_has_its_histogram_on_its_own_scale(explainer, rocket)
     html = cards_html(apply_threshold(maps, 0.01), {}, suggested=None, sam_state="off")
     assert html.count("<svg") == 3
     first, rest = html.split('<details class="other-histograms">', 1)
-    assert "raw NACLIP value" in first and 'class="threshold"' in first  # the points' map, threshold marked
-    assert "raw CLIP value" in rest and "raw CLIP Surgery value" in rest and 'class="threshold"' not in rest
+    assert "(NACLIP map)" in first and 'class="threshold"' in first  # the points' map, threshold marked
+    assert "(CLIP map)" in rest and "(CLIP Surgery map)" in rest and 'class="threshold"' not in rest

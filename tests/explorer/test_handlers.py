@@ -83,7 +83,7 @@ def test_run_threshold_move_and_candidate_choice(handlers, calls):
     assert "computing masks" in first["cards"] and "Computing masks" in first["headline"]
     assert "computing" not in final["cards"] + final["headline"] + final["details"]
     assert final["cards"].count('class="label-card ') == 3 and final["cards"].count('<div class="card-histogram"><svg') == 3
-    assert final["cards"].count("sam_") == 3 * 2  # each found label's mask: the picture and its link
+    assert final["cards"].count("sam_") == 3  # each found label's mask picture (a button, no link)
     assert isinstance(state, S.SessionState) and state.sam_key == ("vit_b", "fp32")
     assert final["mask_labels"]["choices"] == ["rocket", "smoke", "giraffe"]
     assert Path(final["zip"]).is_file() and final["overview"] is not None
@@ -127,21 +127,39 @@ def test_threshold_meaning_is_the_same_as_the_cli(handlers):
         run_all(handlers, image, threshold=-0.5, sam="off")
 
 
-def test_suggest_needs_a_run_and_a_map_that_is_not_flat(handlers):
-    """A warning, never an error: the slider is Suggest's output and must stay as it was."""
+def test_suggest_needs_a_run_and_says_why_it_cannot_be_used(handlers):
+    """A warning, never an error: the slider is Suggest's output and must stay as it was. A suggestion a
+    threshold cannot be (here: the maps are flat; below 0 likewise) leaves the slider and says why under it;
+    either way the cards are drawn again with the suggestion marked."""
     with pytest.warns(UserWarning, match="Run first"):
-        assert handlers.suggest(None) == {"__type__": "update"}
+        slider, note, *rest = handlers.suggest(None, 0)
+        assert slider == {"__type__": "update"} and note == ""
     state = named(run_all(handlers, rocket_upload(), sam="off")[-1])["state"]
-    value = handlers.suggest(state)["value"]
-    values = np.concatenate([lm.parts["surgery"].ravel() for lm in state.maps.labels])
-    assert values.min() < value < values.max()
+
+    def shifted(by: float) -> S.SessionState:
+        """The run's session with every CLIP Surgery value moved by `by` (Otsu's cut moves with them)."""
+        moved = S.SessionState(state.image_rgb, state.maps, "tiny", None, None, None, ())
+        moved.maps = type(state.maps)(state.maps.width, state.maps.height, state.maps.options, tuple(
+            type(lm)(lm.label, {**lm.parts, "surgery": lm.parts["surgery"] + by}, lm.maps, lm.presence,
+                     lm.points_from) for lm in state.maps.labels))
+        return moved
+
+    above = shifted(1.0)
+    slider, note, *page_outputs = handlers.suggest(above, 0)
+    values = np.concatenate([lm.parts["surgery"].ravel() for lm in above.maps.labels])
+    assert values.min() < slider["value"] < values.max() and note == ""
+    assert 'class="suggested"' in named(page_outputs)["cards"]
+    slider, note, *page_outputs = handlers.suggest(shifted(-10.0), 0)
+    assert slider == {"__type__": "update"} and "outside what a threshold can be" in note
+    assert "left as it was" in note and 'class="suggested"' in named(page_outputs)["cards"]
     flat = S.SessionState(state.image_rgb, state.maps, "tiny", None, None, None, ())
     flat.maps = type(state.maps)(state.maps.width, state.maps.height, state.maps.options,
                                  tuple(type(lm)(lm.label, {**lm.parts, "surgery": np.zeros_like(lm.parts["surgery"])},
                                                 lm.maps, lm.presence, lm.points_from)
                                        for lm in state.maps.labels))
-    with pytest.warns(UserWarning, match="flat"):
-        assert handlers.suggest(flat) == {"__type__": "update"}
+    slider, note, *_ = handlers.suggest(flat, 0)
+    assert slider == {"__type__": "update"} and "no threshold to suggest" in note and "left as it was" in note
+
 
 
 def test_an_unexpected_error_is_a_generic_message_and_a_logged_traceback(handlers, caplog):
@@ -275,7 +293,9 @@ def test_options_changed_after_a_run_mark_the_results_stale(handlers):
 def test_slider_range_follows_the_image(handlers):
     state = named(run_all(handlers, rocket_upload(), sam="off")[-1])["state"]
     top = max(float(lm.parts["surgery"].max()) for lm in state.maps.labels)
-    maximum = handlers.slider_range(state)["maximum"]
+    slider, note = handlers.slider_range(state)
+    maximum = slider["maximum"]
+    assert note == ""  # an earlier suggestion's note goes
     assert top < maximum <= max(0.05, top * 1.2 + 0.01)
 
 

@@ -78,30 +78,40 @@ def test_point_colours_are_distinct():
     assert np.abs(pos - neg).sum() > 300
 
 
-def test_points_drawn_at_xy_in_their_colours_with_dark_outline():
+def test_points_drawn_at_xy_in_their_colours_with_dark_outline_and_sign():
     img = _grey()
     pts = np.array([[100, 150, 1], [300, 60, 0]])
     out = R.draw_points(img, pts, radius=10)
-    # rows are y, columns are x: a swapped x/y would put colours elsewhere
-    assert tuple(out[150, 100]) == R.POSITIVE_RGB
-    assert tuple(out[60, 300]) == R.NEGATIVE_RGB
+    # rows are y, columns are x: a swapped x/y would put colours elsewhere (off the signs' strokes)
+    assert tuple(out[150 - 4, 100 - 4]) == R.POSITIVE_RGB
+    assert tuple(out[60 - 4, 300 - 4]) == R.NEGATIVE_RGB
     assert tuple(out[100, 150]) == (128, 128, 128)
     assert tuple(out[300, 60]) == (128, 128, 128)
+    # a dark + on the positive (both strokes), a dark − on the negative (the bar only)
+    assert out[150, 100].max() < 60 and out[150 - 4, 100].max() < 60 and out[150, 100 + 4].max() < 60
+    assert out[60, 300].max() < 60 and out[60, 300 + 4].max() < 60 and tuple(out[60 - 4, 300]) == R.NEGATIVE_RGB
     # inside the disc the fill colour, then a dark ring (outline 3 px), then the image
-    assert tuple(out[150, 100 + 8]) == R.POSITIVE_RGB
+    assert tuple(out[150 + 8, 100]) == R.POSITIVE_RGB
     assert out[150, 100 + 12].max() < 60
     assert tuple(out[150, 100 + 16]) == (128, 128, 128)
     assert out[60 - 12, 300].max() < 60
     np.testing.assert_array_equal(img, _grey())  # input untouched
 
 
-def test_point_radius_scales_with_image():
-    big = R.draw_points(_grey(800, 800), [[400, 400, 1]])  # radius 10
-    assert tuple(big[400, 409]) == R.POSITIVE_RGB
-    assert tuple(big[400, 416]) == (128, 128, 128)
-    small = R.draw_points(_grey(160, 160), [[80, 80, 0]])  # radius max(3, 2) = 3
-    assert tuple(small[80, 80]) == R.NEGATIVE_RGB
-    assert tuple(small[80, 88]) == (128, 128, 128)
+def test_a_persons_points_get_a_white_ring():
+    img = _grey()
+    out = R.draw_points(img, [[100, 150, 1], [300, 60, 0]], radius=10, marked=[[300, 60, 0]])
+    assert tuple(out[60, 300 + 15]) == (255, 255, 255)  # outside the dark outline of the marked point
+    assert tuple(out[150, 100 + 15]) == (128, 128, 128)  # the other has none
+
+
+def test_point_radius_scales_with_the_long_side():
+    big = R.draw_points(_grey(800, 1280), [[400, 400, 1]])  # radius 1280 / 64 = 20
+    assert tuple(big[400 + 18, 400]) == R.POSITIVE_RGB
+    assert tuple(big[400 + 30, 400]) == (128, 128, 128)
+    small = R.draw_points(_grey(160, 160), [[80, 80, 0]])  # radius max(4, 2.5) = 4
+    assert tuple(small[80 - 3, 80]) == R.NEGATIVE_RGB
+    assert tuple(small[80 + 8, 80]) == (128, 128, 128)
 
 
 def test_points_legend_drawn_bottom_left_only_when_there_are_points():
@@ -152,7 +162,7 @@ def test_mask_empty_leaves_image_and_points_go_on_top():
     mask = np.zeros((200, 300), bool)
     mask[20:180, 100:280] = True
     out = R.draw_mask(img, mask, np.array([[190, 100, 1]]), (0, 0, 255))
-    assert tuple(out[100, 190]) == R.POSITIVE_RGB
+    assert tuple(out[100 - 2, 190 - 2]) == R.POSITIVE_RGB  # off the + sign's strokes
     with pytest.raises(ValueError):
         R.draw_mask(img, np.zeros((10, 10), bool), None)
 
