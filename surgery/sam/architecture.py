@@ -123,7 +123,7 @@ def read_sam_architecture(state_dict: dict[str, torch.Tensor]) -> SamArchitectur
         raise CheckpointError(
             "This checkpoint is not a Segment Anything model: it has no "
             f"'{_PATCH_WEIGHT}' tensor (its first keys are: {sample}). "
-            "Pass a SAM .pth/.safetensors file such as sam_vit_b_01ec64.pth (or a SAM 2.1 one, sam2.1_hiera_tiny.pt)."
+            "Pass a SAM .pth/.safetensors file such as sam_vit_b_01ec64.pth (or SAM 2.1's sam2.1_hiera_tiny.pt)."
         )
 
     def need(key: str) -> torch.Tensor:

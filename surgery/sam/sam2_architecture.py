@@ -116,7 +116,7 @@ def _read_visible(sd: dict[str, torch.Tensor]) -> dict[str, object]:
         return sd[key]
 
     embed_dim = int(need(SAM2_PATCH_WEIGHT).shape[0])
-    widths: dict[int, int] = {int(m.group(1)): int(v.shape[0]) for k, v in sd.items() if (m := _BLOCK_PROJ_KEY.match(k))}
+    widths = {int(m.group(1)): int(v.shape[0]) for k, v in sd.items() if (m := _BLOCK_PROJ_KEY.match(k))}
     if not widths or sorted(widths) != list(range(len(widths))):
         raise CheckpointError(f"The Hiera trunk's blocks are numbered {sorted(widths)}; expected 0..n-1 without gaps.")
     stages, width = [0], embed_dim
