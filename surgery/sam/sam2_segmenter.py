@@ -40,7 +40,7 @@ class Sam2Segmenter(Segmenter):
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
             self.transforms = SAM2Transforms(resolution=model.image_size, mask_threshold=MASK_THRESHOLD)
 
-    def _encode(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
+    def _encode_image(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
         model = self.model
         image = self.transforms(image_rgb)[None].to(self.device)
         with torch.inference_mode(), autocast(self.precision, self.device):

@@ -106,12 +106,13 @@ class Segmenter:
         """The image's embedding, encoded only if it is not cached (once even under concurrent calls)."""
         image_rgb = _check_image(image_rgb)
         key = f"{self.model_id}:{image_key(image_rgb)}"
-        return self._cache.get_or_compute(key, lambda: self._count_and_encode(image_rgb, key))
+        return self._cache.get_or_compute(key, lambda: self._encode(image_rgb, key))
 
-    def _count_and_encode(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
+    def _encode(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
+        """One real encoding (counted and logged), bypassing the cache."""
         self.encode_calls += 1
         calls.info("model call: SAM image encoder")
-        return self._encode(image_rgb, key)
+        return self._encode_image(image_rgb, key)
 
     def predict_many(self, embedding: ImageEmbedding, prompts: list[np.ndarray]) -> list[MaskPrediction]:
         """`predict` for each prompt, in order (one call where each call has a fixed cost, e.g. a GPU task)."""
@@ -125,7 +126,7 @@ class Segmenter:
         calls.info("model call: SAM mask decoder (%d points)", len(points))
         return self._decode(embedding, points)
 
-    def _encode(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
+    def _encode_image(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
         raise NotImplementedError
 
     def _decode(self, embedding: ImageEmbedding, points: np.ndarray) -> MaskPrediction:
@@ -150,7 +151,7 @@ class SamSegmenter(Segmenter):
     def sam(self) -> Sam:
         return self.model
 
-    def _encode(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
+    def _encode_image(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
         predictor = SamPredictor(self.sam)
         with torch.inference_mode(), autocast(self.precision, self.device):
             predictor.set_image(image_rgb)

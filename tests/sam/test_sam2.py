@@ -437,3 +437,40 @@ def test_cli_explain_with_a_sam2_checkpoint_writes_masks(tmp_path, checkpoint):
         assert len(entry["mask_candidates"]) == 3 and entry["mask_choice"] in (0, 1, 2)
         slug = label_slug(entry["label"])
         assert (out / "rocket" / f"mask_{slug}.png").is_file()
+
+
+# --- on a CUDA GPU (marked `gpu`: skipped, with the reason shown, where there is none) ------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("image_name", ["wide", "rocket"])
+def test_gpu_masks_equal_the_cpu_masks_and_embeddings_travel(checkpoint, image_name):
+    image = IMAGES[image_name]()
+    cpu = load_segmenter(checkpoint=checkpoint, device="cpu")
+    gpu = load_segmenter(checkpoint=checkpoint, device="cuda", precision="fp32")
+    on_gpu = gpu.embed(image)
+    assert on_gpu.features.is_cuda and all(t.is_cuda for t in on_gpu.high_res_features)
+    for points in point_sets(*image.shape[:2]):
+        a, b = cpu.predict(cpu.embed(image), points), gpu.predict(on_gpu, points)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)
+        assert iou(a.mask, b.mask) >= 0.99
+        # ZeroGPU hands embeddings back on the CPU; the next task decodes them on the GPU.
+        np.testing.assert_array_equal(gpu.predict(on_gpu.to("cpu"), points).candidates, b.candidates)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_bf16_is_close_to_fp32(checkpoint):
+    image = IMAGES["rocket"]()
+    fp32 = load_segmenter(checkpoint=checkpoint, device="cuda", precision="fp32")
+    bf16 = load_segmenter(checkpoint=checkpoint, device="cuda", precision="bf16")
+    a, b = fp32.embed(image), bf16.embed(image)
+    assert b.features.dtype == torch.float32 and all(t.dtype == torch.float32 for t in b.high_res_features)
+    assert torch.corrcoef(torch.stack([a.features.flatten(), b.features.flatten()]))[0, 1] > 0.95
+    points = point_sets(*image.shape[:2])[2]
+    pa, pb = fp32.predict(a, points), bf16.predict(b, points)
+    np.testing.assert_allclose(pa.scores, pb.scores, atol=0.05)
+    assert (pa.candidates != pb.candidates).mean() < 0.05
