@@ -10,7 +10,7 @@ one `predict` on a cached embedding (a threshold move that changed the points). 
 after one warm-up. `--smoke` runs the small test layouts in seconds to check the script.
 
     .venv/bin/python benchmarks/bench_sam2.py [--threads 2] [--reps 5] [--models vit_b,sam2.1_hiera_tiny]
-        [--reps-for vit_h=3,sam2.1_hiera_large=3] [--allocator reuse|default] [--json out.json] [--smoke]
+        [--reps-for vit_h=3,sam2.1_hiera_large=3] [--allocator default|reuse] [--json out.json] [--smoke]
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from checkpoints import SMALL_ARCH, write_random_sam2_checkpoint, write_random_s
 from surgery.hub.registry import SAM_CHECKPOINTS  # noqa: E402
 from surgery.images import load_image  # noqa: E402
 from surgery.loading import load_segmenter  # noqa: E402
-from surgery.memory import reuse_freed_blocks  # noqa: E402
 from surgery.sam.architecture import VIT_B_ARCH, VIT_H_ARCH, VIT_L_ARCH  # noqa: E402
 
 BENCH_DIR = Path(tempfile.gettempdir()) / "surgery-bench"
@@ -50,6 +49,19 @@ PROMPTS = [
     np.array([[500, 350, 1], [120, 100, 0]]),
 ]
 NEW_POINTS = np.array([[300, 150, 1], [340, 260, 1], [60, 400, 0]])
+
+
+def reuse_freed_blocks(limit: int = 1 << 30) -> bool:
+    """Make glibc serve blocks up to `limit` bytes from its heap and keep freed heap memory (mallopt
+    M_MMAP_THRESHOLD and M_TRIM_THRESHOLD), so large tensors reuse freed pages instead of faulting in
+    fresh ones. Process-wide; True where glibc took both values."""
+    import ctypes
+    import ctypes.util
+
+    library = ctypes.util.find_library("c")
+    mallopt = getattr(ctypes.CDLL(library), "mallopt", None) if library else None
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return mallopt is not None and mallopt(m_mmap_threshold, limit) == 1 and mallopt(m_trim_threshold, limit) == 1
 
 
 def checkpoint_for(name: str, smoke: bool) -> Path:
@@ -137,15 +149,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="fewer (or more) repetitions for some models, e.g. vit_h=3")
     parser.add_argument("--models", default=",".join(SAM_CHECKPOINTS),
                         help=f"comma-separated, from {', '.join(SAM_CHECKPOINTS)} (default all)")
-    parser.add_argument("--allocator", choices=("reuse", "default"), default="reuse",
-                        help="reuse: large blocks reuse freed memory, as the CLI sets it (surgery.memory."
-                             "reuse_freed_blocks); default: glibc's own policy (fresh pages per large tensor)")
+    parser.add_argument("--allocator", choices=("default", "reuse"), default="default",
+                        help="default: glibc's own policy (what the app and CLI run with: blocks over 32 MB are "
+                             "fresh pages each time); reuse: every large block reuses freed heap memory "
+                             "(an experiment, see reuse_freed_blocks)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--smoke", action="store_true", help="the small test layouts: checks the script only")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.allocator == "reuse":
-        reuse_freed_blocks()
+    if args.allocator == "reuse" and not reuse_freed_blocks():
+        parser.error("--allocator reuse needs glibc's mallopt")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in SAM_CHECKPOINTS]
     if unknown:

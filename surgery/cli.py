@@ -20,7 +20,7 @@ from .device import DEVICE_CHOICES, resolve_device
 from .errors import InputError, UserError, WeightsUnavailable
 from .hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, DEFAULT_SAM_CPU, DEFAULT_SAM_GPU, SAM_CHECKPOINTS
 from .images import WORK_MAX_SIDE, expand_images, unique_stem
-from .memory import release_freed_memory, reuse_freed_blocks
+from .memory import release_freed_memory
 from .method.feature_surgery import REDUNDANCY_MODES
 from .method.labels import parse_labels
 from .method.results import DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, MapOptions
@@ -157,7 +157,6 @@ def run_explain(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    reuse_freed_blocks()  # large encoder tensors reuse freed memory instead of faulting in fresh pages
     try:
         if args.command == "calibrate":
             from .dataset.command import run_calibrate

@@ -77,23 +77,3 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     """
     mallopt = _libc_function("mallopt")
     return mallopt is not None and mallopt(M_ARENA_MAX, arenas) == 1
-
-
-M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers
-M_MMAP_THRESHOLD = -3
-LARGE_BLOCK_LIMIT = 1 << 30
-
-
-def reuse_freed_blocks(limit: int = LARGE_BLOCK_LIMIT) -> bool:
-    """Serve allocations up to `limit` bytes from malloc's heap, and keep freed heap memory for reuse.
-
-    By default glibc maps each block above its adaptive threshold (at most 32 MB) afresh and unmaps it
-    when freed, and gives a free heap top back at once, so every large tensor an encoder allocates comes
-    as new pages the kernel must fault in and zero. SAM 2.1's Hiera allocates 25-150 MB tensors in its
-    first stages: 1.4 GB of fresh pages (350 k page faults) per hiera-tiny encoding, which with this
-    reuse the blocks the previous ones freed (docs/performance.md). Freed memory then stays with the
-    process until `release_freed_memory` gives it back (the CLI after each image). Call it once, early;
-    True where the C library has `mallopt` and took both values.
-    """
-    mallopt = _libc_function("mallopt")
-    return mallopt is not None and mallopt(M_MMAP_THRESHOLD, limit) == 1 and mallopt(M_TRIM_THRESHOLD, limit) == 1

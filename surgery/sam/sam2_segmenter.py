@@ -42,7 +42,10 @@ class Sam2Segmenter(Segmenter):
 
     def _encode_image(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
         model = self.model
-        image = self.transforms(image_rgb)[None].to(self.device)
+        # torchvision's ToTensor wraps the array and warns when it is read-only (as decoded images are
+        # here); it only reads it, but a copy (a few ms) keeps the user's stderr clean.
+        pixels = image_rgb if image_rgb.flags.writeable else image_rgb.copy()
+        image = self.transforms(pixels)[None].to(self.device)
         with torch.inference_mode(), autocast(self.precision, self.device):
             levels = model.forward_image(image)["backbone_fpn"][-model.num_feature_levels:]
             lowest = levels[-1]
