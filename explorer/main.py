@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clip-checkpoint", type=Path, default=env("CLIP_CHECKPOINT") or None,
                         help="local CLIP weights for the default backbone (env CLIP_CHECKPOINT)")
     parser.add_argument("--sam-model", default=env("SAM_MODEL") or None, choices=list(SAM_CHECKPOINTS),
-                        help="default SAM (env SAM_MODEL; vit_b, or vit_h where models run on a GPU)")
+                        help="default SAM (env SAM_MODEL; sam2.1_hiera_tiny, or sam2.1_hiera_large where models "
+                             "run on a GPU)")
     parser.add_argument("--sam-checkpoint", type=Path, default=env("SAM_CHECKPOINT") or None,
                         help="local SAM weights for the default SAM (env SAM_CHECKPOINT)")
     parser.add_argument("--backbone-checkpoint", action="append", default=[], metavar="NAME=PATH",

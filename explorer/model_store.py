@@ -51,7 +51,7 @@ def tiny_checkpoints_hint() -> str | None:
 class ModelConfig:
     clip_model: str = DEFAULT_CLIP
     clip_checkpoint: Path | None = None
-    sam_model: str | None = None  # None: the default for where models run (vit_b on the CPU, vit_h on a GPU)
+    sam_model: str | None = None  # None: the default for where models run (registry.default_sam_model)
     sam_checkpoint: Path | None = None
     load_sam: bool = True
     backbone_checkpoints: dict[str, Path] = field(default_factory=dict)  # other backbones from local files

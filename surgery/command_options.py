@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from .device import DEVICE_CHOICES
-from .hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
+from .hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, DEFAULT_SAM_CPU, DEFAULT_SAM_GPU, SAM_CHECKPOINTS
 from .images import WORK_MAX_SIDE
 from .method.options import (DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, MIN_RESOLUTION, PRECISIONS,
                              REDUNDANCY_MODES)
@@ -65,8 +65,10 @@ def add_explain_options(explain: argparse.ArgumentParser) -> None:
     explain.add_argument("--clip-checkpoint", type=Path, help="local CLIP state dict (.safetensors/.pt/.bin)")
     explain.add_argument("--no-sam", action="store_true", help="skip SAM masks")
     explain.add_argument("--sam-model", choices=list(SAM_CHECKPOINTS), default=None,
-                         help="SAM size (default vit_b; vit_h where the models run on a GPU)")
-    explain.add_argument("--sam-checkpoint", type=Path, help="local SAM state dict (.pth/.safetensors)")
+                         help=f"SAM model (default {DEFAULT_SAM_CPU}; {DEFAULT_SAM_GPU} where the models run "
+                              "on a GPU)")
+    explain.add_argument("--sam-checkpoint", type=Path,
+                         help="local SAM or SAM 2.1 checkpoint (.pth/.pt/.safetensors); which it is is read from it")
     explain.add_argument("--device", default="auto", metavar="DEVICE",
                          help=f"where the models run: {DEVICE_CHOICES} (default auto: CUDA when available, else CPU)")
     explain.add_argument("--precision", choices=PRECISIONS, default=None,

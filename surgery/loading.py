@@ -2,8 +2,8 @@
 
 Construction and device placement happen here and nowhere else: each loader
 takes the `device` setting (`auto`, `cpu`, `cuda[:N]`, see `surgery.device`),
-and the default SAM follows the device actually used (vit_h only where the
-models really run on a GPU).
+and the default SAM follows the device actually used (SAM 2.1 hiera-large only
+where the models really run on a GPU, hiera-tiny elsewhere).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from .hub.openclip_names import image_normalisation
 from .hub.registry import default_sam_model
 from .hub.sources import ModelSource, resolve_clip, resolve_sam
 from .hub.state_dict import load_state_dict
-from .sam.architecture import load_sam
-from .sam.segmenter import SamSegmenter
+from .sam.architecture import build_sam
+from .sam.sam2_architecture import build_sam2_model, is_sam2_state_dict
+from .sam.sam2_segmenter import Sam2Segmenter
+from .sam.segmenter import SamSegmenter, Segmenter
 
 
 def default_sam_name(device: torch.device | str | None = "auto") -> str:
@@ -56,11 +58,16 @@ def load_clip(source: ModelSource | str | None = None, checkpoint: str | Path | 
 
 def load_segmenter(source: ModelSource | str | None = None, checkpoint: str | Path | None = None, *,
                    precision: str = "fp32", display_name: str | None = None,
-                   device: torch.device | str | None = "auto") -> SamSegmenter:
-    """A `SamSegmenter` for a source, or for a registry name and/or local checkpoint (see `resolve_sam`),
-    placed on `device`."""
+                   device: torch.device | str | None = "auto") -> Segmenter:
+    """A segmenter for a source, or for a registry name and/or local checkpoint (see `resolve_sam`),
+    placed on `device`: a `Sam2Segmenter` for a SAM 2.1 checkpoint, a `SamSegmenter` for a SAM one.
+
+    The checkpoint's own tensors decide which (a local file named with another model's name is
+    still built as what it is, as its architecture is read from it)."""
     device = resolve_device(device)
     if not isinstance(source, ModelSource):
         source = resolve_sam(source or default_sam_name(device), checkpoint, display_name)
-    sam = load_sam(source.weights_path()).to(device)
-    return SamSegmenter(sam, precision=precision, name=source.display_name)
+    state_dict = load_state_dict(source.weights_path())
+    if is_sam2_state_dict(state_dict):
+        return Sam2Segmenter(build_sam2_model(state_dict).to(device), precision=precision, name=source.display_name)
+    return SamSegmenter(build_sam(state_dict).to(device), precision=precision, name=source.display_name)

@@ -81,4 +81,6 @@ def running_app(tmp_dir: Path, *args: str, env: dict | None = None, wait_ready: 
 
 
 def tiny_args(*extra: str) -> list[str]:
-    return ["--clip-checkpoint", str(TINY_CLIP), "--sam-checkpoint", str(TINY_SAM), "--device", "cpu", *extra]
+    # The tiny SAM is a SAM (ViT) layout, named vit_b as the app's tests choose it (the default is SAM 2.1).
+    return ["--clip-checkpoint", str(TINY_CLIP), "--sam-model", "vit_b", "--sam-checkpoint", str(TINY_SAM),
+            "--device", "cpu", *extra]

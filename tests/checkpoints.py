@@ -1,4 +1,4 @@
-"""Random SAM checkpoints in the real file formats, for tests and benchmarks.
+"""Random SAM and SAM 2.1 checkpoints in the real file formats, for tests and benchmarks.
 
 Real weights can never be downloaded here, so tests and benchmarks write a
 deterministic random checkpoint of a chosen architecture to disk and load it
@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 
 from surgery.sam.architecture import VIT_B_ARCH, SamArchitecture, make_sam
+from surgery.sam.sam2_architecture import SAM2_ARCHITECTURES, Sam2Architecture, make_sam2
 
-__all__ = ["VIT_B_ARCH", "SMALL_ARCH", "random_sam_state_dict", "write_random_sam_checkpoint"]
+__all__ = ["VIT_B_ARCH", "SMALL_ARCH", "random_sam_state_dict", "write_random_sam_checkpoint",
+           "random_sam2_state_dict", "write_random_sam2_checkpoint"]
 
 # Small but structurally complete: 16×16 token grid, window 5 (so windows are
 # padded, 16 → 20), two windowed and two global blocks.
@@ -27,15 +29,20 @@ SMALL_ARCH = SamArchitecture(
 
 
 def random_sam_state_dict(arch: SamArchitecture, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A float32 state dict of this architecture with reproducible random values.
+    """A float32 state dict of this architecture with reproducible random values (see `random_like`)."""
+    with torch.device("meta"):  # shapes only
+        template = make_sam(arch).state_dict()
+    return random_like(template, seed)
+
+
+def random_like(template: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+    """The template's names and shapes with reproducible random float32 values.
 
     Every floating tensor is redrawn, including those SAM initialises to
     zeros/ones (relative-position tables, absolute position embedding, norms),
     so every code path carries signal. Scales keep activations O(1).
     """
     generator = torch.Generator().manual_seed(seed)
-    with torch.device("meta"):  # shapes only
-        template = make_sam(arch).state_dict()
     weights: dict[str, torch.Tensor] = {}
     for name, tensor in template.items():
         if not tensor.is_floating_point():  # none in SAM today; keep any such tensor well-defined
@@ -50,7 +57,7 @@ def random_sam_state_dict(arch: SamArchitecture, seed: int = 0) -> dict[str, tor
             value = 0.02 * noise  # biases and norm shifts
         elif "rel_pos" in name:
             value = 0.5 * noise  # large enough to move the attention
-        elif name.endswith("pos_embed"):
+        elif name.endswith("pos_embed") or name.endswith("pos_embed_window"):
             value = 0.1 * noise
         else:
             fan_in = math.prod(tensor.shape[1:]) if tensor.ndim > 1 else 1
@@ -104,4 +111,29 @@ def write_proxy_sam_checkpoint(path: str | os.PathLike) -> Path:
     state.update(encoder)
     path = Path(path)
     torch.save(state, path)
+    return path
+
+
+def random_sam2_state_dict(arch: Sam2Architecture | str = "test", seed: int = 0) -> dict[str, torch.Tensor]:
+    """A float32 SAM 2.1 state dict of this architecture (a name in `SAM2_ARCHITECTURES`) with reproducible
+    random values, laid out by the official package's network (`make_sam2`)."""
+    if isinstance(arch, str):
+        arch = SAM2_ARCHITECTURES[arch]
+    template = make_sam2(arch).state_dict()  # real (discarded) init: Hiera cannot be built on the meta device
+    return random_like(template, seed)
+
+
+def write_random_sam2_checkpoint(path: str | os.PathLike, arch: Sam2Architecture | str = "test",
+                                 seed: int = 0) -> Path:
+    """Save a random SAM 2.1 in the release format, `torch.save({"model": state_dict})` (.pt), or as
+    .safetensors (a plain state dict)."""
+    path = Path(path)
+    weights = random_sam2_state_dict(arch, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(weights, str(path))
+    else:
+        torch.save({"model": weights}, str(path))
     return path

@@ -29,6 +29,13 @@ def test_calibrate_benchmark_smoke_run_completes():
     assert "serial" in done.stdout and "workers" in done.stdout
 
 
+def test_sam2_benchmark_smoke_run_prints_its_table():
+    done = _run("benchmarks/bench_sam2.py", "--smoke", "--models", "vit_b,sam2.1_hiera_tiny", "--allocator", "reuse")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| vit_b") or line.startswith("| sam2.1")]
+    assert len(rows) == 2 and "reuse allocator" in done.stdout
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the GPU benchmark really runs (minutes)")
 def test_gpu_benchmark_says_it_needs_cuda():
     done = _run("benchmarks/bench_gpu.py", timeout=120)

@@ -58,8 +58,8 @@ def test_a_gpu_index_past_the_last_one_is_refused(monkeypatch):
 
 def test_the_default_sam_and_precision_follow_the_device_used_not_the_hardware(monkeypatch):
     _pretend_cuda(monkeypatch)
-    assert default_sam_name("cpu") == "vit_b" and default_precision("cpu") == "fp32"
-    assert default_sam_name("cuda") == "vit_h" and default_precision(torch.device("cuda")) == "bf16"
+    assert default_sam_name("cpu") == "sam2.1_hiera_tiny" and default_precision("cpu") == "fp32"
+    assert default_sam_name("cuda") == "sam2.1_hiera_large" and default_precision(torch.device("cuda")) == "bf16"
     _pretend_cuda(monkeypatch, capability=(7, 5))  # a T4: no native bf16, so fp32 stays the default
     assert default_precision(torch.device("cuda")) == "fp32"
     with pytest.raises(InputError, match="bf16 is not supported on this GPU"):

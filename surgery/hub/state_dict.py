@@ -44,8 +44,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if zipfile.is_zipfile(path) and "constants.pkl" in _zip_names(path):
             hint = "It is a TorchScript archive; export its state_dict() and pass that file instead."
         raise CheckpointError(f"Could not read checkpoint {name}. {hint}") from None
-    if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
-        raw = raw["state_dict"]
+    for wrapper in ("state_dict", "model"):  # training checkpoints; SAM 2.1 releases are {"model": state_dict}
+        if isinstance(raw, dict) and isinstance(raw.get(wrapper), dict):
+            raw = raw[wrapper]
+            break
     if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise CheckpointError(f"Checkpoint {name} is not a state dict of tensors.")
     return {key: (value.float() if value.is_floating_point() else value) for key, value in raw.items()}

@@ -121,8 +121,8 @@ def check_methods(methods: object, points_from: object = None) -> tuple[tuple[st
 
 def check_segmenter(methods: tuple[str, ...], segmenter: str | None) -> None:
     """An `InputError` when a proxy method (ProxyCLIP) is chosen without the segmenter it borrows its
-    attention from: `segmenter` is None (SAM off), "sam" (SAM's ViT image encoder) or "sam2" (SAM 2.1,
-    whose Hiera encoder is not the proxy the method was published with)."""
+    attention from: `segmenter` is None (SAM off), "sam" (SAM's ViT image encoder) or another family
+    ("sam2.1": SAM 2.1, whose Hiera encoder is not the proxy the method was published with)."""
     proxied = [METHOD_TABLE[name].title for name in methods if name in METHOD_TABLE and METHOD_TABLE[name].proxy]
     if not proxied or segmenter == "sam":
         return

@@ -1,2 +1,3 @@
-"""Segment Anything: the architecture read from a checkpoint, the faster exact image encoder, and
-`SamSegmenter`, which embeds an image once and decodes masks for prompt points."""
+"""Segment Anything and SAM 2.1: each network's architecture read from its checkpoint, SAM's faster exact
+image encoder, and the segmenters (`SamSegmenter`, `Sam2Segmenter`, sharing `Segmenter`), which embed an
+image once and decode masks for prompt points."""

@@ -96,15 +96,16 @@ VIT_H_ARCH = SamArchitecture(
 )
 
 
-def strip_key_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def strip_key_prefix(state_dict: dict[str, torch.Tensor], anchor: str = _PATCH_WEIGHT) -> dict[str, torch.Tensor]:
     """Remove a wrapper prefix ("module.", "sam.", …) in front of SAM's own key names.
 
     Official SAM files use bare `image_encoder.…` keys; re-saved ones often
-    carry a prefix. The prefix is whatever precedes the patch-embedding key.
+    carry a prefix. The prefix is whatever precedes the `anchor` key (the
+    patch embedding's, by default SAM's).
     """
     for key in state_dict:
-        if key.endswith(_PATCH_WEIGHT):
-            prefix = key[: -len(_PATCH_WEIGHT)]
+        if key.endswith(anchor):
+            prefix = key[: -len(anchor)]
             if not prefix:
                 return state_dict
             return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
@@ -122,7 +123,7 @@ def read_sam_architecture(state_dict: dict[str, torch.Tensor]) -> SamArchitectur
         raise CheckpointError(
             "This checkpoint is not a Segment Anything model: it has no "
             f"'{_PATCH_WEIGHT}' tensor (its first keys are: {sample}). "
-            "Pass a SAM .pth/.safetensors file such as sam_vit_b_01ec64.pth."
+            "Pass a SAM .pth/.safetensors file such as sam_vit_b_01ec64.pth (or SAM 2.1's sam2.1_hiera_tiny.pt)."
         )
 
     def need(key: str) -> torch.Tensor:

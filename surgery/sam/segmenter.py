@@ -1,11 +1,13 @@
 """Segment Anything as a stateless per-request service: embed an image once, prompt it many times.
 
-`segment_anything.SamPredictor` keeps the current image inside the predictor,
-so one shared predictor cannot serve two requests at once. Here the image
-embedding is a frozen value (`ImageEmbedding`) kept in a small LRU cache, and
-every prediction uses a fresh predictor that is handed that value, so requests
-never share mutable state and an image is encoded once however often it is
-clicked.
+`segment_anything.SamPredictor` (and SAM 2's `SAM2ImagePredictor`) keep the
+current image inside the predictor, so one shared predictor cannot serve two
+requests at once. Here the image embedding is a frozen value (`ImageEmbedding`)
+kept in a small LRU cache, and every prediction is handed that value, so
+requests never share mutable state and an image is encoded once however often
+it is clicked. `Segmenter` holds what SAM and SAM 2.1 share (the cache, the
+checks, the call log); `SamSegmenter` here and `Sam2Segmenter`
+(`surgery.sam.sam2_segmenter`) encode and decode.
 """
 
 from __future__ import annotations
@@ -31,16 +33,19 @@ DEFAULT_CACHE_ENTRIES = 4
 
 @dataclass(frozen=True)
 class ImageEmbedding:
-    """SAM's encoding of one image plus the sizes needed to map points and masks back onto it."""
+    """A segmenter's encoding of one image plus the sizes needed to map points and masks back onto it."""
 
-    features: torch.Tensor  # (1, C, h, w) float32
+    features: torch.Tensor  # (1, C, h, w) float32: what the mask decoder attends to
     original_size: tuple[int, int]  # (H, W) of the image as given
-    input_size: tuple[int, int]  # (H, W) after resizing the long side to the encoder size
+    input_size: tuple[int, int]  # (H, W) the image was resized to for the encoder
     key: str  # "<model id>:<image digest>"
+    # SAM 2.1's finer feature maps for its mask decoder (strides 4 and 8), float32; empty for SAM.
+    high_res_features: tuple[torch.Tensor, ...] = ()
 
     def to(self, device: torch.device | str) -> "ImageEmbedding":
         """The same embedding with its features on `device` (CPU to leave a GPU worker, e.g. on ZeroGPU)."""
-        return ImageEmbedding(self.features.to(device), self.original_size, self.input_size, self.key)
+        return ImageEmbedding(self.features.to(device), self.original_size, self.input_size, self.key,
+                              tuple(t.to(device) for t in self.high_res_features))
 
 
 def _check_image(image_rgb: object) -> np.ndarray:
@@ -67,8 +72,9 @@ def _check_points(points: object, original_size: tuple[int, int]) -> np.ndarray:
     return array
 
 
-class SamSegmenter:
-    """One SAM model plus a bounded, thread-safe LRU cache of image embeddings.
+class Segmenter:
+    """What every segmenter shares: one model, a bounded thread-safe LRU cache of its image
+    embeddings, and the checks of images, points and embeddings. Subclasses encode and decode.
 
     `precision` is one the model's device runs (`surgery.precision.resolve_precision` decides that where
     a request comes in).
@@ -77,35 +83,81 @@ class SamSegmenter:
     step; tests use it to check that each image is encoded once.
     """
 
-    def __init__(self, sam: Sam, precision: str = "fp32", cache_entries: int = DEFAULT_CACHE_ENTRIES,
+    family = "sam"  # the first part of `model_id`
+
+    def __init__(self, model: torch.nn.Module, precision: str = "fp32", cache_entries: int = DEFAULT_CACHE_ENTRIES,
                  name: str = "sam") -> None:
         if cache_entries < 1:
             raise InputError("The embedding cache needs room for at least one image.")
-        self.sam = sam
+        self.model = model
         self.name = name  # what outputs call this model
-        self.family = "sam"  # SAM's ViT image encoder (surgery.method.table.check_segmenter)
         self.precision = precision
         self.cache_entries = cache_entries
-        self.model_id = f"sam@{id(sam):x}/{precision}"
+        self.model_id = f"{self.family}@{id(model):x}/{precision}"
         self.encode_calls = 0
         self._cache: LRUCache[ImageEmbedding] = LRUCache(cache_entries)
-        self.proxy = SamProxyEncoder(sam, precision, self.model_id)  # ProxyCLIP's proxy, its own cache
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
 
     def cached_keys(self) -> list[str]:
         """Keys of the cached embeddings, least recently used first."""
         return self._cache.keys()
 
     def embed(self, image_rgb: np.ndarray) -> ImageEmbedding:
-        """The image's SAM embedding, encoded only if it is not cached (once even under concurrent calls)."""
+        """The image's embedding, encoded only if it is not cached (once even under concurrent calls)."""
         image_rgb = _check_image(image_rgb)
         key = f"{self.model_id}:{image_key(image_rgb)}"
         return self._cache.get_or_compute(key, lambda: self._encode(image_rgb, key))
 
     def _encode(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
+        """One real encoding (counted and logged), bypassing the cache."""
         self.encode_calls += 1
         calls.info("model call: SAM image encoder")
+        return self._encode_image(image_rgb, key)
+
+    def predict_many(self, embedding: ImageEmbedding, prompts: list[np.ndarray]) -> list[MaskPrediction]:
+        """`predict` for each prompt, in order (one call where each call has a fixed cost, e.g. a GPU task)."""
+        return [self.predict(embedding, points) for points in prompts]
+
+    def predict(self, embedding: ImageEmbedding, points: np.ndarray) -> MaskPrediction:
+        """Three candidate masks for point prompts: rows of [x, y, label], label 1 = object, 0 = not."""
+        if not embedding.key.startswith(self.model_id + ":"):
+            raise InputError("This image embedding was computed by a different SAM model or precision; embed it again.")
+        points = _check_points(points, embedding.original_size)
+        calls.info("model call: SAM mask decoder (%d points)", len(points))
+        return self._decode(embedding, points)
+
+    def _encode_image(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
+        raise NotImplementedError
+
+    def _decode(self, embedding: ImageEmbedding, points: np.ndarray) -> MaskPrediction:
+        raise NotImplementedError
+
+
+def prediction_from_logits(logits: torch.Tensor, scores: torch.Tensor, threshold: float) -> MaskPrediction:
+    """Candidate masks (logits above `threshold`) and scores of one prompt, as CPU numpy."""
+    candidates = (logits.float() > threshold).cpu().numpy()
+    scores_np = scores.float().cpu().numpy().astype(np.float32)
+    return MaskPrediction(candidates=candidates, scores=scores_np, best=int(np.argmax(scores_np)))
+
+
+class SamSegmenter(Segmenter):
+    """Segment Anything (vit_b/l/h) through `segment_anything.SamPredictor`, a fresh one per call."""
+
+    def __init__(self, sam: Sam, precision: str = "fp32", cache_entries: int = DEFAULT_CACHE_ENTRIES,
+                 name: str = "sam") -> None:
+        super().__init__(sam, precision, cache_entries, name)
+        self.proxy = SamProxyEncoder(sam, precision, self.model_id)  # ProxyCLIP's proxy, its own cache
+
+    @property
+    def sam(self) -> Sam:
+        return self.model
+
+    def _encode_image(self, image_rgb: np.ndarray, key: str) -> ImageEmbedding:
         predictor = SamPredictor(self.sam)
-        with torch.inference_mode(), autocast(self.precision, self.sam.device):
+        with torch.inference_mode(), autocast(self.precision, self.device):
             predictor.set_image(image_rgb)
         return ImageEmbedding(
             features=predictor.features.float(),
@@ -114,27 +166,16 @@ class SamSegmenter:
             key=key,
         )
 
-    def predict_many(self, embedding: ImageEmbedding, prompts: list[np.ndarray]) -> list[MaskPrediction]:
-        """`predict` for each prompt, in order (one call where each call has a fixed cost, e.g. a GPU task)."""
-        return [self.predict(embedding, points) for points in prompts]
-
-    def predict(self, embedding: ImageEmbedding, points: np.ndarray) -> MaskPrediction:
-        """SAM's three candidate masks for point prompts: rows of [x, y, label], label 1 = object, 0 = not."""
-        if not embedding.key.startswith(self.model_id + ":"):
-            raise InputError("This image embedding was computed by a different SAM model or precision; embed it again.")
-        points = _check_points(points, embedding.original_size)
-        calls.info("model call: SAM mask decoder (%d points)", len(points))
+    def _decode(self, embedding: ImageEmbedding, points: np.ndarray) -> MaskPrediction:
         predictor = SamPredictor(self.sam)
-        predictor.features = embedding.features.to(self.sam.device)
+        predictor.features = embedding.features.to(self.device)
         predictor.original_size = embedding.original_size
         predictor.input_size = embedding.input_size
         predictor.is_image_set = True
         coords = predictor.transform.apply_coords(points[:, :2].astype(np.float32), embedding.original_size)
-        coords_torch = torch.as_tensor(coords, dtype=torch.float, device=self.sam.device)[None]
-        labels_torch = torch.as_tensor(points[:, 2], dtype=torch.int, device=self.sam.device)[None]
-        with torch.inference_mode(), autocast(self.precision, self.sam.device):
+        coords_torch = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
+        labels_torch = torch.as_tensor(points[:, 2], dtype=torch.int, device=self.device)[None]
+        with torch.inference_mode(), autocast(self.precision, self.device):
             logits, scores, _ = predictor.predict_torch(
                 coords_torch, labels_torch, multimask_output=True, return_logits=True)
-        candidates = (logits[0].float() > self.sam.mask_threshold).cpu().numpy()
-        scores_np = scores[0].float().cpu().numpy().astype(np.float32)
-        return MaskPrediction(candidates=candidates, scores=scores_np, best=int(np.argmax(scores_np)))
+        return prediction_from_logits(logits[0], scores[0], self.sam.mask_threshold)

@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from surgery.errors import InputError
-from surgery.method.options import MapOptions
 from surgery.method.scoring import TruthMask, truth_mask_array, truth_scores
 from surgery.method.views import apply_threshold
 from surgery.request import build_request
