@@ -302,7 +302,7 @@ class Handlers:
             image_name=image_file_name(image), source_size=working.source_size, truth=request.truth)
         explanation = S.rerender(state, request.threshold, segmenter)
         self.store.idle_trim.job_done()
-        result, files = S.result_and_files(state, explanation)
+        result, files = S.result_and_files(state, explanation, with_files=bool(include_files))
         summary = page.summary_markdown(state, explanation)
         if not include_files:
             return result, summary, None, []

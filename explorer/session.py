@@ -149,12 +149,13 @@ def suggest_threshold(state: SessionState) -> float | None:
     return state.suggested_threshold
 
 
-def result_and_files(state: SessionState, explanation: Explanation) -> tuple[dict, dict[str, bytes]]:
-    """result.json's content and every download file of this render."""
+def result_and_files(state: SessionState, explanation: Explanation,
+                     with_files: bool = True) -> tuple[dict, dict[str, bytes]]:
+    """result.json's content and every download file of this render (none without `with_files`)."""
     return explanation_files(state.image_rgb, explanation, model=state.model_name, sam_model=state.sam_name,
                              notes=state.notes, source_size=state.source_size,
                              coco_file_name=state.image_name if state.sam_name else None, memo=state.png_memo,
-                             truth=state.truth)
+                             truth=state.truth, with_files=with_files)
 
 
 def page_files(state: SessionState, explanation: Explanation, sam_pending: bool = False) -> dict[str, bytes]:

@@ -47,3 +47,9 @@ def test_methods_benchmark_smoke_run_covers_every_method():
     done = _run("benchmarks/bench_methods.py", "--smoke")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert all(f"+{method}" in done.stdout for method in ("scclip", "resclip", "proxyclip")), done.stdout
+
+
+def test_api_session_benchmark_smoke_run_compares_the_sam_models():
+    done = _run("benchmarks/bench_api_session.py", "--smoke")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| vit_b |" in done.stdout and "| sam2.1_hiera_tiny |" in done.stdout

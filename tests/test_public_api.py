@@ -20,8 +20,9 @@ TINY_SAM = DATA / "sam_tiny.safetensors"
 
 
 def readme_notebook_example() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## From a notebook", 1)[1]
+    """The Python example of docs/api.md ("From Python"), which the README links to."""
+    readme = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    section = readme.split("## From Python", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 

@@ -13,16 +13,14 @@ import argparse
 import json
 import re
 import sys
-import time
 from pathlib import Path
 
-from tqdm import tqdm
 
 from ..command_options import EXIT_OK, EXIT_SOME_FAILED, positive_int
-from ..errors import InputError, UserError
+from ..errors import InputError
 from .report import write_report
 from .settings import CalibrationSettings, checkpoint_digest, options_hash
-from .single import ImageJob, is_done, one_line
+from .single import ImageJob, is_done
 from .summary import build_summary, read_image_values
 
 
@@ -84,23 +82,6 @@ def resolve_settings(args: argparse.Namespace, device: str, precision_device) ->
         precision_checked_on_load=precision_device is None)
 
 
-def _run_device(args: argparse.Namespace, plan) -> tuple[str, object]:
-    """Where the run's models are: the device string, and the device its precision is resolved for here
-    (None on a Ray cluster's GPUs, which only the actors see: each checks its own when it loads)."""
-    from ..device import resolve_device
-
-    if plan is None:
-        device = resolve_device(args.device)
-        return str(device), device
-    if plan.device == "cuda":
-        if args.precision is None:
-            args.precision = "bf16"  # the GPU default; an actor whose GPU lacks it says so
-        return "cuda", None
-    if str(args.device).strip().lower().startswith("cuda"):
-        raise InputError("--device cuda with --ray needs GPUs in the Ray cluster; it has none.")
-    return "cpu", "cpu"
-
-
 _FLAT_LIST = re.compile(r"\[\s*((?:-?[0-9][-0-9.eE+]*|true|false|null)(?:,\s*(?:-?[0-9][-0-9.eE+]*|true|false|null))*)\s*\]")
 
 
@@ -116,17 +97,11 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from . import runners
 
     jobs = folder_jobs(args.folder)
-    ray_connected = False
-    try:
-        if args.ray is not None:
-            ray, ray_connected = runners.connect_ray(args.ray)
-            plan = runners.plan_actors(ray.cluster_resources(), args.device, len(jobs), args.workers)
-            runner, workers = "ray", plan.actors
-        else:
-            plan = None
-            workers = args.workers or 1
-            runner = "processes" if workers > 1 else "serial"
-        settings = resolve_settings(args, *_run_device(args, plan))
+    with runners.chosen_runner(args.ray, args.device, len(jobs), args.workers) as runner:
+        device, precision_device = runners.run_device(args.device, runner)
+        if runner.plan is not None and runner.plan.device == "cuda" and args.precision is None:
+            args.precision = "bf16"  # the GPU default; an actor whose GPU lacks it says so
+        settings = resolve_settings(args, device, precision_device)
         digest = options_hash(settings)
         out: Path = args.out
         out.mkdir(parents=True, exist_ok=True)
@@ -135,35 +110,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         if skipped:
             print(f"note: {skipped} of {len(jobs)} images already done with these options; skipped",
                   file=sys.stderr)
-        if runner == "ray":
-            outcomes = runners.run_ray(pending, settings, out, digest, plan)
-        elif runner == "processes":
-            outcomes = runners.run_processes(pending, settings, out, digest, workers)
-        else:
-            outcomes = runners.run_serial(pending, settings, out, digest)
-        failed: dict[str, str] = {}
-        start = time.perf_counter()
-        with tqdm(total=len(jobs), initial=skipped, desc="calibrating", unit="image", file=sys.stderr,
-                  disable=None) as progress:
-            try:
-                for outcome in outcomes:
-                    if outcome.error is not None:
-                        failed[outcome.file] = outcome.error
-                        progress.write(f"error: {outcome.file}: {outcome.error}", file=sys.stderr)
-                    progress.update(1)
-            except Exception as exc:  # a bad option met by a worker, or a worker / the cluster failing
-                cause = getattr(exc, "cause", None)  # Ray wraps a worker's exception
-                if isinstance(cause, UserError):
-                    raise cause from None
-                if isinstance(exc, UserError):
-                    raise
-                raise UserError(f"the {runner} run failed: {one_line(exc)}") from None
-        seconds = time.perf_counter() - start
-    finally:
-        if ray_connected:
-            import ray
-
-            ray.shutdown()
+        failed, seconds = runners.run_with_progress(runner, jobs, pending, settings, out, digest, runners.CALIBRATE,
+                                                    "calibrating", lambda outcome: outcome.file)
     complete = [job for job in jobs if job.file not in failed and is_done(out / job.stem, job, digest)]
     complete_files = {job.file for job in complete}
     for job in jobs:
@@ -174,7 +122,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     summary = build_summary(settings, len(jobs), images, failed, digest)
     explained_now = len(pending) - len([job for job in pending if job.file in failed])
     summary["timings"] = {
-        "runner": runner, "workers": workers, "explained_now": explained_now, "skipped": skipped,
+        "runner": runner.kind, "workers": runner.workers, "explained_now": explained_now, "skipped": skipped,
         "seconds": round(seconds, 3),
         "images_per_minute": round(60 * explained_now / seconds, 2) if explained_now and seconds > 0 else None,
     }

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
+from contextlib import contextmanager
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -207,3 +210,85 @@ def run_ray(jobs: Sequence[ImageJob], settings: CalibrationSettings, out: Path, 
         compute=ray.data.ActorPoolStrategy(size=plan.actors), num_cpus=plan.cpus, num_gpus=plan.gpus)
     for row in dataset.iter_rows():
         yield ImageOutcome(str(row["file"]), str(row["stem"]), str(row["error"]) or None, float(row["seconds"]))
+
+
+# --------------------------------------------------------------------------- a run, start to finish
+
+@dataclass(frozen=True)
+class RunnerChoice:
+    """Where a run's jobs go: "serial", "processes" (`workers` local processes) or "ray" (`plan`)."""
+
+    kind: str
+    workers: int
+    plan: ActorPlan | None = None
+
+
+@contextmanager
+def chosen_runner(ray_address: str | None, device_setting: str, jobs: int,
+                  workers: int | None) -> Iterator[RunnerChoice]:
+    """The runner the options ask for (`--ray [ADDRESS]`, `--workers N`), Ray joined or started for the
+    run and shut down after it when this call started it."""
+    if ray_address is None:
+        workers = workers or 1
+        yield RunnerChoice("processes" if workers > 1 else "serial", workers)
+        return
+    ray, connected = connect_ray(ray_address)
+    try:
+        plan = plan_actors(ray.cluster_resources(), device_setting, jobs, workers)
+        yield RunnerChoice("ray", plan.actors, plan)
+    finally:
+        if connected:
+            ray.shutdown()
+
+
+def run_device(device_setting: str, runner: RunnerChoice):
+    """(the models' device as a string, the device a precision is resolved for here): the local device;
+    on a Ray cluster's GPUs ("cuda", None: only the actors see them, and each checks its own)."""
+    from ..device import resolve_device
+
+    if runner.plan is None:
+        device = resolve_device(device_setting)
+        return str(device), device
+    if runner.plan.device == "cuda":
+        return "cuda", None
+    if str(device_setting).strip().lower().startswith("cuda"):
+        raise InputError("--device cuda with --ray needs GPUs in the Ray cluster; it has none.")
+    return "cpu", "cpu"
+
+
+def run_with_progress(runner: RunnerChoice, jobs: Sequence[ImageJob], pending: Sequence[ImageJob], settings, out: Path,
+                      digest: str, task: Task, desc: str, name: Callable[[ImageOutcome], str]
+                      ) -> tuple[dict[str, str], float]:
+    """Run `pending` (of `jobs`) on `runner` with a progress bar on stderr (images done, rate, time left);
+    returns ({name(outcome): one-line reason} of the failed images, seconds). A failed image is listed and
+    never stops the run; a bad option met by a worker, or a worker or the cluster failing, is one
+    `UserError` line."""
+    from tqdm import tqdm
+
+    from ..errors import UserError
+    from .single import one_line
+
+    if runner.kind == "ray":
+        outcomes = run_ray(pending, settings, out, digest, runner.plan, task=task)
+    elif runner.kind == "processes":
+        outcomes = run_processes(pending, settings, out, digest, runner.workers, task=task)
+    else:
+        outcomes = run_serial(pending, settings, out, digest, task=task)
+    failed: dict[str, str] = {}
+    start = time.perf_counter()
+    with tqdm(total=len(jobs), initial=len(jobs) - len(pending), desc=desc, unit="image", file=sys.stderr,
+              disable=None) as progress:
+        try:
+            for outcome in outcomes:
+                if outcome.error is not None:
+                    failed[name(outcome)] = outcome.error
+                    progress.write(f"error: {name(outcome)}: {outcome.error}", file=sys.stderr)
+                progress.update(1)
+        except Exception as exc:  # a bad option met by a worker, or a worker / the cluster failing
+            cause = getattr(exc, "cause", None)  # Ray wraps a worker's exception
+            if isinstance(cause, UserError):
+                raise cause from None
+            if isinstance(exc, UserError):
+                raise
+            raise UserError(f"the {runner.kind} run failed: {one_line(exc)}") from None
+    return failed, time.perf_counter() - start

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-from tqdm import tqdm
 
-from ..errors import InputError, UserError
+from ..errors import InputError
 
 DEFAULT_METHODS = ("clip", "surgery", "maskclip", "sclip", "clearclip", "naclip")
 EXIT_CODES = "exit codes: 0 every image evaluated; 1 some images failed (metrics of the others are written); 2 usage error"
@@ -191,24 +189,6 @@ def resolve_settings(args: argparse.Namespace, device: str, precision: str):
         device=device, precision=precision, preset=preset.method if preset else None), preset
 
 
-def _local_device(args: argparse.Namespace) -> tuple[str, str]:
-    from ..device import resolve_device
-    from ..precision import resolve_precision
-
-    device = resolve_device(args.device)
-    return str(device), resolve_precision(args.precision or "fp32", device)
-
-
-def _ray_device(args: argparse.Namespace, plan) -> tuple[str, str]:
-    from ..precision import resolve_precision
-
-    if plan.device == "cuda":
-        return "cuda", args.precision or "fp32"
-    if str(args.device).strip().lower().startswith("cuda"):
-        raise InputError("--device cuda with --ray needs GPUs in the Ray cluster; it has none.")
-    return "cpu", resolve_precision(args.precision or "fp32", "cpu")
-
-
 # --------------------------------------------------------------------------- the run
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -217,6 +197,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..dataset.command import write_json
     from ..dataset.single import ImageJob
     from .datasets import sample_ids
+    from ..precision import resolve_precision
+    from .settings import options_hash
     from .single import evaluate_one, is_done, load_evaluation_models, warm_query_features
 
     spec = check_arguments(args)
@@ -225,20 +207,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.limit:
         ids = ids[: args.limit]
     task = runners.Task(load_evaluation_models, evaluate_one)
-    ray_connected = False
-    try:
-        if args.ray is not None:
-            ray, ray_connected = runners.connect_ray(args.ray)
-            plan = runners.plan_actors(ray.cluster_resources(), args.device, len(ids), args.workers)
-            device, precision = _ray_device(args, plan)
-            runner, workers = "ray", plan.actors
-        else:
-            device, precision = _local_device(args)
-            workers = args.workers or 1
-            runner = "processes" if workers > 1 else "serial"
+    with runners.chosen_runner(args.ray, args.device, len(ids), args.workers) as runner:
+        device, precision_device = runners.run_device(args.device, runner)
+        precision = args.precision or "fp32"  # scores should be exact: fp32 unless asked, on every device
+        if precision_device is not None:
+            precision = resolve_precision(precision, precision_device)
         settings, preset = resolve_settings(args, device, precision)
-        from .settings import options_hash
-
         digest = options_hash(settings)
         out: Path = args.out
         out.mkdir(parents=True, exist_ok=True)
@@ -248,39 +222,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if skipped:
             print(f"note: {skipped} of {len(jobs)} images already evaluated with these options; skipped",
                   file=sys.stderr)
-        if pending and (runner == "processes" or (runner == "ray" and plan.device == "cpu")):
+        if pending and (runner.kind == "processes" or (runner.kind == "ray" and runner.plan.device == "cpu")):
             warm_query_features(settings)  # to the disk cache once, not once per worker (same device as theirs)
-        if runner == "ray":
-            outcomes = runners.run_ray(pending, settings, out, digest, plan, task=task)
-        elif runner == "processes":
-            outcomes = runners.run_processes(pending, settings, out, digest, workers, task=task)
-        else:
-            outcomes = runners.run_serial(pending, settings, out, digest, task=task)
-        failed: dict[str, str] = {}
-        start = time.perf_counter()
-        with tqdm(total=len(jobs), initial=skipped, desc="evaluating", unit="image", file=sys.stderr,
-                  disable=None) as progress:
-            try:
-                for outcome in outcomes:
-                    if outcome.error is not None:
-                        failed[outcome.stem] = outcome.error
-                        progress.write(f"error: {outcome.stem}: {outcome.error}", file=sys.stderr)
-                    progress.update(1)
-            except Exception as exc:  # a bad option met by a worker, or a worker / the cluster failing
-                cause = getattr(exc, "cause", None)
-                if isinstance(cause, UserError):
-                    raise cause from None
-                if isinstance(exc, UserError):
-                    raise
-                from ..dataset.single import one_line
-
-                raise UserError(f"the {runner} run failed: {one_line(exc)}") from None
-        seconds = time.perf_counter() - start
-    finally:
-        if ray_connected:
-            import ray
-
-            ray.shutdown()
+        failed, seconds = runners.run_with_progress(runner, jobs, pending, settings, out, digest, task, "evaluating",
+                                                    lambda outcome: outcome.stem)
     from .results import collect, write_predictions
 
     for job in jobs:
@@ -291,7 +236,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     evaluated_now = len(pending) - len([job for job in pending if job.stem in failed])
     metrics = results.metrics_json(settings, preset, digest, images=len(jobs), failed=failed)
     metrics["timings"] = {
-        "runner": runner, "workers": workers, "evaluated_now": evaluated_now, "skipped": skipped,
+        "runner": runner.kind, "workers": runner.workers, "evaluated_now": evaluated_now, "skipped": skipped,
         "seconds": round(seconds, 3),
         "images_per_minute": round(60 * evaluated_now / seconds, 2) if evaluated_now and seconds > 0 else None}
     if args.limit or (spec.expected_images and total_listed != spec.expected_images):

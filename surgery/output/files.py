@@ -272,13 +272,16 @@ def overlay_pngs(image_rgb: np.ndarray, explanation: Explanation, with_masks: bo
 def explanation_files(image_rgb: np.ndarray, explanation: Explanation, *, model: str, sam_model: str | None,
                       notes: tuple[str, ...] | list[str] = (), source_size: tuple[int, int] | None = None,
                       coco_file_name: str | None = None, memo: PngMemo | None = None,
-                      truth: TruthMask | None = None) -> tuple[dict, dict[str, bytes]]:
+                      truth: TruthMask | None = None, with_files: bool = True) -> tuple[dict, dict[str, bytes]]:
     """result.json's content and every output file of one explanation (the one recipe the CLI, calibrate,
     the public API and the app's downloads share). Masks are included when `sam_model` names the SAM
     whose masks `explanation` holds; `coco_file_name` adds coco.json for that image file; `truth` adds
-    the scores against that ground-truth mask (at the working image's size)."""
+    the scores against that ground-truth mask (at the working image's size). `with_files=False` makes
+    the result only (no file drawn or encoded: an API call that asks for the numbers alone)."""
     result = result_json(explanation, model=model, sam_model=sam_model, notes=notes, source_size=source_size,
                          truth=truth)
+    if not with_files:
+        return result, {}
     files = output_files(image_rgb, explanation, result, with_masks=sam_model is not None,
                          coco_file_name=coco_file_name, memo=memo)
     return result, files
