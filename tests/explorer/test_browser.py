@@ -179,30 +179,43 @@ def test_backbone_choice_suggested_threshold_and_instances(browser, tmp_path):
         page.close()
 
 
-def test_compare_all_methods_and_take_points_from_another_without_an_encoder_call(browser, tmp_path):
+def test_compare_all_nine_methods_and_take_points_from_another_without_an_encoder_call(browser, tmp_path):
+    """Compare with every method: nine captioned maps per label; a threshold move and a switch of the
+    points map afterwards call no image encoder, ProxyCLIP's proxy encoding of SAM included (counted)."""
     ARTIFACTS.mkdir(exist_ok=True)
+    titles = ["CLIP", "CLIP Surgery", "MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP", "SC-CLIP", "ResCLIP", "ProxyCLIP"]
     with running_app(tmp_path, *tiny_args()) as server:
         page = _ready_page(browser, server, 1440, 900)
         _upload(page, ROOT / "assets" / "rocket.jpg")
         page.get_by_text("Advanced").click()  # the methods are under Advanced
-        for title in ("MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP"):
-            page.locator("#methods label").filter(has_text=re.compile(rf"^\s*{title}\s*$")).click()
+        for title in titles[2:]:
+            page.locator("#methods label").filter(has_text=re.compile(rf"^\s*{re.escape(title)}\s*$")).click()
         labels = page.locator("#labels textarea, #labels input").first
         labels.fill("rocket, smoke")
         labels.press("Enter")
-        expect(page.locator(".label-card")).to_have_count(2, timeout=90_000)
-        expect(page.locator("#cards")).not_to_contain_text("computing masks", timeout=90_000)
-        card = page.locator(".label-card").first
-        captions = [c.strip() for c in card.locator("figcaption").all_inner_texts()]
-        titles = [c.split(" map")[0] for c in captions[:6]]
-        assert titles == ["CLIP", "CLIP Surgery", "MaskCLIP", "SCLIP", "ClearCLIP", "NACLIP"], captions
-        expect(page.locator(".label-card img")).to_have_count(2 * 8)  # six maps, the points, the mask
+        expect(page.locator(".label-card")).to_have_count(2, timeout=120_000)
+        expect(page.locator("#cards")).not_to_contain_text("computing masks", timeout=120_000)
+        for card in page.locator(".label-card").all():
+            captions = [c.strip() for c in card.locator("figcaption").all_inner_texts()]
+            assert [c.split(" map")[0] for c in captions[:9]] == titles, captions
+        expect(page.locator(".label-card img")).to_have_count(2 * 11)  # nine maps, the points, the mask
         _wait_until_no_event_in_flight(page)
         _card_pictures_uncropped(page)
         page.screenshot(path=str(ARTIFACTS / "app-methods.png"), full_page=True)
+        assert sum("ProxyCLIP proxy" in c for c in server.model_calls()) == 1  # the Run's one proxy encoding
 
         before = _shown_result(page)
         encoders_before = [c for c in server.model_calls() if "image encoder" in c]
+        slider_number = page.locator("#threshold input[type=number]")
+        slider_number.fill("0.05")
+        slider_number.press("Enter")
+        expect(page.locator(".label-card .threshold-label").first).to_contain_text("threshold", timeout=30_000)
+        _wait_until_no_event_in_flight(page)
+        assert [c for c in server.model_calls() if "image encoder" in c] == encoders_before
+        slider_number.fill("0")
+        slider_number.press("Enter")
+        _wait_until_no_event_in_flight(page)
+        card = page.locator(".label-card").first
         page.locator("#points-from label").filter(has_text=re.compile(r"^\s*NACLIP\s*$")).click()
         expect(card.locator("figcaption").nth(5)).to_contain_text("points and threshold from here", timeout=30_000)
         expect(card.locator(".card-histogram > svg")).to_contain_text("(NACLIP map)")
@@ -210,8 +223,8 @@ def test_compare_all_methods_and_take_points_from_another_without_an_encoder_cal
         assert [c for c in server.model_calls() if "image encoder" in c] == encoders_before
         after = _shown_result(page)
         assert (before["points_from"], after["points_from"]) == ("surgery", "naclip")
-        assert after["methods"] == ["clip", "surgery", "maskclip", "sclip", "clearclip", "naclip"]
+        assert after["methods"] == ["clip", "surgery", "maskclip", "sclip", "clearclip", "naclip", "scclip",
+                                    "resclip", "proxyclip"]
         assert [e["points"] for e in after["labels"]] != [e["points"] for e in before["labels"]]
-        assert [e["mask_area"] for e in after["labels"]] != [e["mask_area"] for e in before["labels"]]
         page.screenshot(path=str(ARTIFACTS / "app-methods-naclip.png"), full_page=True)
         page.close()
