@@ -1,6 +1,6 @@
 """The lean API session with each SAM model, in one process: what a script calling `/explain` waits for.
 
-A session is three `/explain` calls through the app's own handler (`Handlers.explain`, result dict only,
+A session is three `/explain` calls through the app's own handler (`Handlers.explain`, result dict only, glibc's allocator set as the app sets it,
 `include_files=False`): (1) a new image with 3 labels, (2) the same image with 3 new labels, (3) another
 new image with the first labels. Every model is full size with random weights (CLIP ViT-B/16 in the
 OpenAI layout; SAM vit_b and SAM 2.1 hiera-tiny in their release formats), loaded through the app's
@@ -61,6 +61,9 @@ def main() -> int:
 
     import torch
 
+    from surgery.memory import configure_server_allocator
+
+    configure_server_allocator()  # as the app does at start-up
     from explorer.handlers import Handlers
     from explorer.model_store import ModelConfig, ModelStore
     from pipeline_instrumentation import clip_checkpoint, make_image
@@ -107,6 +110,9 @@ def main() -> int:
         median = statistics.median(totals[name])
         parts = [statistics.median(p[i] for p in steps[name]) for i in range(3)]
         print(f"| {name} | {median:.2f} | {parts[0]:.2f} | {parts[1]:.2f} | {parts[2]:.2f} | {median / base:.2f} |")
+    import resource
+
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
     for handlers in sessions.values():
         handlers.store.close()
     return 0

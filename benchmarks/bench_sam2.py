@@ -37,6 +37,7 @@ from checkpoints import SMALL_ARCH, write_random_sam2_checkpoint, write_random_s
 from surgery.hub.registry import SAM_CHECKPOINTS  # noqa: E402
 from surgery.images import load_image  # noqa: E402
 from surgery.loading import load_segmenter  # noqa: E402
+from surgery.memory import reuse_freed_blocks  # noqa: E402
 from surgery.sam.architecture import VIT_B_ARCH, VIT_H_ARCH, VIT_L_ARCH  # noqa: E402
 
 BENCH_DIR = Path(tempfile.gettempdir()) / "surgery-bench"
@@ -49,19 +50,6 @@ PROMPTS = [
     np.array([[500, 350, 1], [120, 100, 0]]),
 ]
 NEW_POINTS = np.array([[300, 150, 1], [340, 260, 1], [60, 400, 0]])
-
-
-def reuse_freed_blocks(limit: int = 1 << 30) -> bool:
-    """Make glibc serve blocks up to `limit` bytes from its heap and keep freed heap memory (mallopt
-    M_MMAP_THRESHOLD and M_TRIM_THRESHOLD), so large tensors reuse freed pages instead of faulting in
-    fresh ones. Process-wide; True where glibc took both values."""
-    import ctypes
-    import ctypes.util
-
-    library = ctypes.util.find_library("c")
-    mallopt = getattr(ctypes.CDLL(library), "mallopt", None) if library else None
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return mallopt is not None and mallopt(m_mmap_threshold, limit) == 1 and mallopt(m_trim_threshold, limit) == 1
 
 
 def checkpoint_for(name: str, smoke: bool) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from surgery.clip.text_store import default_text_cache_dir
 from surgery.device import DEVICE_CHOICES
-from surgery.memory import limit_malloc_arenas
+from surgery.memory import configure_server_allocator
 from surgery.hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, SAM_CHECKPOINTS
 
 from .gpu import on_zero_gpu
@@ -60,7 +60,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
 def main(argv: list[str] | None = None) -> None:
     if on_zero_gpu():
         import spaces  # noqa: F401 - first: on ZeroGPU it patches torch's CUDA queries before anything asks them
-    limit_malloc_arenas()  # before Gradio's threads: long runs otherwise keep growing (README, Limits)
+    configure_server_allocator()  # before Gradio's threads: few arenas, large freed blocks reused (operations.md)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     config = model_config(args)

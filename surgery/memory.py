@@ -77,3 +77,23 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     """
     mallopt = _libc_function("mallopt")
     return mallopt is not None and mallopt(M_ARENA_MAX, arenas) == 1
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers
+REUSED_BLOCK_LIMIT = 1 << 30
+
+
+def reuse_freed_blocks(limit: int = REUSED_BLOCK_LIMIT) -> bool:
+    """Let glibc serve blocks up to `limit` bytes from its heap and keep freed heap memory, so large
+    tensors reuse freed pages instead of faulting in fresh zeroed ones (SAM 2.1's encoder touched ~1.4 GB of
+    fresh pages per image: docs/performance.md). Process-wide; the app sets it at start-up, where an
+    idle trim (`IdleTrim`) gives the kept memory back. True where the C library took both values."""
+    mallopt = _libc_function("mallopt")
+    return mallopt is not None and mallopt(M_MMAP_THRESHOLD, limit) == 1 and mallopt(M_TRIM_THRESHOLD, limit) == 1
+
+
+def configure_server_allocator() -> None:
+    """glibc's settings for a long-running server: few arenas, freed large blocks reused."""
+    limit_malloc_arenas()
+    reuse_freed_blocks()
+
