@@ -15,17 +15,11 @@ import sys
 from pathlib import Path
 
 
+from ..command_options import positive_int
 from ..errors import InputError
 
 DEFAULT_METHODS = ("clip", "surgery", "maskclip", "sclip", "clearclip", "naclip")
 EXIT_CODES = "exit codes: 0 every image evaluated; 1 some images failed (metrics of the others are written); 2 usage error"
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError("must be a whole number of at least 1")
-    return value
 
 
 def _non_negative_int(text: str) -> int:
@@ -82,9 +76,9 @@ def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
                           help="apply METHOD's own published settings for the dataset (sclip, naclip, clearclip, "
                                "maskclip); explicit protocol options still win")
     protocol = evaluate.add_argument_group("protocol (defaults: the dataset's standard values)")
-    protocol.add_argument("--short-side", type=_positive_int, help="keep-ratio resize to this short side")
+    protocol.add_argument("--short-side", type=positive_int, help="keep-ratio resize to this short side")
     protocol.add_argument("--crop", type=_non_negative_int, help="sliding-window size in px (0: the whole image)")
-    protocol.add_argument("--stride", type=_positive_int, help="sliding-window stride in px")
+    protocol.add_argument("--stride", type=positive_int, help="sliding-window stride in px")
     protocol.add_argument("--logit-scale", type=_positive_float, help="multiplier of the cosine logits before softmax")
     protocol.add_argument("--prob-threshold", type=_fraction,
                           help="pixels whose best class probability is below this become class 0")
@@ -107,8 +101,8 @@ def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
                           help="image encoders' precision (default fp32 everywhere: scores should be exact)")
     evaluate.add_argument("--save-predictions", action="store_true",
                           help="write DIR/predictions/<method>/<id>.png (class indices, palette PNG)")
-    evaluate.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N images")
-    evaluate.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+    evaluate.add_argument("--limit", type=positive_int, metavar="N", help="only the first N images")
+    evaluate.add_argument("--workers", type=positive_int, default=None, metavar="N",
                           help="local processes (default 1: this process); with --ray, the number of actors")
     evaluate.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                           help="run on Ray Data: a cluster's address, or none for $RAY_ADDRESS or a new local "

@@ -274,14 +274,7 @@ def uninstall_fast_attention(image_encoder: ImageEncoderViT) -> int:
     swapped = 0
     for block in image_encoder.blocks:
         if isinstance(block.attn, FastSamAttention):
-            fast = block.attn
-            stock = Attention.__new__(Attention)
-            nn.Module.__init__(stock)
-            stock.num_heads, stock.scale, stock.use_rel_pos = fast.num_heads, fast.scale, fast.use_rel_pos
-            stock.qkv, stock.proj = fast.qkv, fast.proj
-            if fast.use_rel_pos:
-                stock.rel_pos_h, stock.rel_pos_w = fast.rel_pos_h, fast.rel_pos_w
-            block.attn = stock
+            block.attn = _stock_attention(block.attn)
             swapped += 1
     if type(image_encoder) is FastImageEncoderViT:
         image_encoder.__class__ = ImageEncoderViT
