@@ -56,11 +56,13 @@ def test_pre_encode_run_moves_clicks_and_candidates_encode_each_image_once(handl
     assert rocket["found"] and len(rocket["mask_candidates"]) == 3 and rocket["mask_choice"] in (0, 1, 2)
 
     calls.clear()
-    top = max(float(lm.point_parts.max()) for lm in state.maps.labels)
-    handlers.rethreshold(state, round(top * 0.9, 3))  # new points: decoder only
+    handlers.change_points(state, 0, False, True)  # new points (positives only): decoder only
     assert calls.count("encoder") == 0 and calls.count("SAM mask decoder") >= 1, calls.lines
     calls.clear()
-    handlers.rethreshold(state, 0)
+    handlers.rethreshold(state, 0.01)  # the same points as at 0: their masks are cached
+    assert calls.lines == []
+    handlers.change_points(state, 0, False, False)
+    calls.clear()
     clicked = handlers.edit_points(state, 0, gr.EventData(None, {"label": "rocket", "x": 100, "y": 50,
                                                                   "edit": "positive"}))
     assert calls.count("encoder") == 0 and calls.count("SAM mask decoder") == 1, calls.lines
