@@ -3,38 +3,21 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import gradio as gr
 import numpy as np
 import PIL.Image
 import pytest
+from test_handlers import ROCKET, make_store, named, result_of
 
 from explorer.handlers import Handlers
-from explorer.model_store import ModelConfig, ModelStore
-
-DATA = Path(__file__).resolve().parents[1] / "data"
-ROCKET = Path(__file__).resolve().parents[2] / "assets" / "rocket.jpg"
 
 
 @pytest.fixture(scope="module")
 def handlers(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("refine")
-    store = ModelStore(ModelConfig(clip_model="ViT-B/16", clip_checkpoint=DATA / "parity" / "weights.safetensors",
-                                   sam_model="vit_b", sam_checkpoint=DATA / "sam_tiny.safetensors",
-                                   text_cache_dir=tmp_path / "text", device="cpu"))
-    store.start()
+    store = make_store(tmp_path)
     yield Handlers(store, tmp_path / "served")
     store.close()
-
-
-def named(outputs: tuple) -> dict:
-    return dict(zip(Handlers.PAGE_OUTPUT_NAMES + ("state",), outputs))
-
-
-def result_of(outputs: tuple) -> dict:
-    return json.loads(Path(named(outputs)["result_json"]).read_text())
 
 
 def run(handlers: Handlers, labels="rocket, smoke") -> dict:

@@ -5,21 +5,17 @@ the model calls as ZeroGPU tasks (`predict_many`), and the exports."""
 
 from __future__ import annotations
 
-import json
 import zipfile
-from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import PIL.Image
 import pytest
-
 from checkpoints import write_random_sam2_checkpoint
-from explorer.handlers import Handlers
-from explorer.model_store import ModelConfig, ModelStore
+from test_handlers import ROCKET, make_store, named, result_of
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-ROCKET = Path(__file__).resolve().parents[2] / "assets" / "rocket.jpg"
+from explorer.handlers import Handlers
+
 SAM2 = "sam2.1_hiera_tiny"
 
 
@@ -27,20 +23,9 @@ SAM2 = "sam2.1_hiera_tiny"
 def handlers(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("sam2-app")
     checkpoint = write_random_sam2_checkpoint(tmp_path / "sam2_tiny.pt", "test")
-    store = ModelStore(ModelConfig(clip_model="ViT-B/16", clip_checkpoint=DATA / "parity" / "weights.safetensors",
-                                   sam_model=SAM2, sam_checkpoint=checkpoint, text_cache_dir=tmp_path / "text",
-                                   device="cpu"))
-    store.start()
+    store = make_store(tmp_path, sam_model=SAM2, sam_checkpoint=checkpoint)
     yield Handlers(store, tmp_path / "served")
     store.close()
-
-
-def named(outputs: tuple) -> dict:
-    return dict(zip(Handlers.PAGE_OUTPUT_NAMES + ("state",), outputs))
-
-
-def result_of(outputs: tuple) -> dict:
-    return json.loads(Path(named(outputs)["result_json"]).read_text())
 
 
 def test_pre_encode_run_moves_clicks_and_candidates_encode_each_image_once(handlers, calls):
