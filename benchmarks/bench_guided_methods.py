@@ -5,9 +5,11 @@ untimed warm-up), on the tiny test checkpoints (default) or, with `--full`, on f
 weights: open_clip `ViT-B-16` and a SAM vit_b image encoder (random weights cost what real ones
 do). Label features are random unit vectors (text encoding is not what this measures).
 
-- `trunk`: `record_trunk` with ResCLIP's attention blocks (shared by the three methods);
-- `naclip`: `dense_methods.naclip_block` + `patch_tokens` on that trunk, for scale;
-- `scclip`, `resclip` (K labels), `proxyclip`: each method after the trunk;
+- `trunk`: `record_trunk` with what the three methods read (ResCLIP's attention blocks, SC-CLIP's
+  block outputs), as the explainer records it once for all of them (`dense.trunk_for`);
+- `naclip`: NACLIP's last block on that trunk, for scale;
+- `scclip`, `resclip` (K labels), `proxyclip`: each method after the trunk, through the engine's
+  method table (`dense.method_features`);
 - `sam proxy (stock|fast)`: `proxy_embedding`, SAM's encoder on the CLIP input stretched to 1024,
   with segment_anything's attention and with the project's fast attention (which the app installs).
 
@@ -40,7 +42,7 @@ def main() -> None:
 
     import torch
 
-    from surgery.clip import dense_methods as dm
+    from surgery.clip import dense
     from surgery.clip import guided_methods as gm
     from surgery.clip.preprocess import clip_input
     from surgery.images import load_image
@@ -74,17 +76,14 @@ def main() -> None:
     pixels = clip_input(image, args.resolution)
     dimension = visual.proj.shape[1]
     labels = torch.nn.functional.normalize(torch.randn(args.labels, dimension), dim=-1)
-    blocks = gm.resclip_attention_blocks(len(visual.transformer.resblocks))
+    methods = ["naclip", "scclip", "resclip", "proxyclip"]
     grid = args.resolution // visual.conv1.kernel_size[0]
-    record = gm.record_trunk(visual, pixels, blocks)
-    proxy = gm.proxy_embedding(fast, pixels)
+    record = dense.trunk_for(visual, pixels, methods)
+    inputs = dense.DenseInputs(visual, record, pixels, label_features=labels, proxy=gm.proxy_embedding(fast, pixels))
     steps = {
-        "trunk": lambda: gm.record_trunk(visual, pixels, blocks),
-        "naclip": lambda: dm.patch_tokens(visual, dm.naclip_block(visual.transformer.resblocks[-1],
-                                                                   record.hidden[-1], grid)),
-        "scclip": lambda: gm.scclip_tokens(visual, record),
-        f"resclip ({args.labels} labels)": lambda: gm.resclip_tokens(visual, record, pixels, labels),
-        "proxyclip": lambda: gm.proxyclip_tokens(visual, record, proxy),
+        "trunk": lambda: dense.trunk_for(visual, pixels, methods),
+        **{(f"{m} ({args.labels} labels)" if m == "resclip" else m): (lambda m=m: dense.method_features(inputs, m))
+           for m in methods},
         "sam proxy (stock)": lambda: gm.proxy_embedding(stock, pixels),
         "sam proxy (fast)": lambda: gm.proxy_embedding(fast, pixels),
     }

@@ -53,3 +53,23 @@ def test_api_session_benchmark_smoke_run_compares_the_sam_models():
     done = _run("benchmarks/bench_api_session.py", "--smoke")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "| vit_b |" in done.stdout and "| sam2.1_hiera_tiny |" in done.stdout
+
+
+def test_guided_methods_benchmark_times_each_step_on_the_tiny_checkpoints():
+    done = _run("benchmarks/bench_guided_methods.py", "--reps", "1", "--resolution", "224")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    assert steps == ["trunk", "naclip", "scclip", "resclip (3 labels)", "proxyclip", "sam proxy (stock)",
+                     "sam proxy (fast)"], done.stdout
+
+
+def test_evaluate_benchmark_smoke_run_compares_one_method_with_six():
+    done = _run("benchmarks/bench_evaluate.py", "--smoke")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| one (sclip) |" in done.stdout and "six / one = " in done.stdout
+
+
+def test_sam_encoder_benchmark_smoke_run_compares_the_attentions():
+    done = _run("benchmarks/bench_sam_encoder.py", "--smoke")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "max |fast - stock| (fp32 embedding)" in done.stdout
