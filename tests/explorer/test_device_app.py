@@ -182,7 +182,7 @@ def test_a_run_on_zerogpu_is_three_gpu_tasks_and_threshold_moves_use_none(tmp_pa
         worker.pool.terminate()
         store.close()
     assert result(run[:-1]) == result(expected_run[:-1])
-    assert moved == expected_moved
+    assert moved == expected_moved and same == moved
     assert tasks_for_run == 3  # maps, SAM image encoder, every found label's decode together
     assert tasks_for_move <= 1 and tasks_for_same == 0  # new points: one decode task; same points: none
     assert run[-1].embedding.features.device.type == "cpu"
