@@ -26,10 +26,12 @@ TINY_CLIP = DATA / "parity" / "weights.safetensors"
 ROCKET = DATA / "parity" / "rocket.png"
 TOLERANCE = 1e-5
 # ProxyCLIP cuts its attention at 0: an entry within a rounding of the cut flips with the CPU's kernels
-# (tests/clip/test_guided_methods.py pins the fixture's AVX2 kernels to check 1e-5 everywhere). In
-# process: 1e-5 where every attention logit of the row is clear of the cut, this bound elsewhere.
-PROXY_KERNEL_TOLERANCE = 1e-4
+# (tests/clip/test_guided_methods.py). 1e-5 where every attention logit of the row is clear of the cut
+# (by CLEAR_OF_THE_CUT against the port, run in this process; by OFFICIAL_CLEAR against the official
+# maps, made on another machine), PROXY_KERNEL_TOLERANCE everywhere.
+PROXY_KERNEL_TOLERANCE = 2e-4
 CLEAR_OF_THE_CUT = 2e-6
+OFFICIAL_CLEAR = 1e-5
 GUIDED = ("scclip", "resclip", "proxyclip")
 
 
@@ -59,7 +61,7 @@ def _cli(*args: str, out: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_the_cli_writes_each_methods_official_map(tmp_path, proxy_sam):
+def test_the_cli_writes_each_methods_official_map(tmp_path, proxy_sam, explainer, port_encoder, rocket):
     """The acceptance command: `explain IMG --methods scclip,resclip,proxyclip --points-from scclip
     --resolution R --clip-checkpoint W --sam-checkpoint sam_tiny.pth`; maps.npz holds one array per
     method, named after it, shaped as the fixture's."""
@@ -79,9 +81,17 @@ def test_the_cli_writes_each_methods_official_map(tmp_path, proxy_sam):
             for method in GUIDED:
                 got, want = maps[method], expected[f"case{i}_{method}"]
                 assert got.shape == want.shape == (len(case["labels"]), case["grid"][method], case["grid"][method])
-                error = float(np.abs(got - want).max())
-                print(f"case {i} {method}: max error {error:.2e}")
-                assert error <= (PROXY_KERNEL_TOLERANCE if method == "proxyclip" else TOLERANCE), method
+                error = np.abs(got - want)
+                print(f"case {i} {method}: max error {error.max():.2e}")
+                if method == "proxyclip":
+                    features = explainer.text_features(case["labels"], IMAGENET_TEMPLATES)
+                    _, margin = oracle.proxyclip_outputs(explainer.model, port_encoder, rocket, case["resolution"],
+                                                         features)
+                    clear = margin >= OFFICIAL_CLEAR
+                    assert clear.mean() > 0.8 and error[:, clear].max() <= TOLERANCE
+                    assert error.max() <= PROXY_KERNEL_TOLERANCE
+                else:
+                    assert error.max() <= TOLERANCE, method
 
 
 @pytest.mark.parametrize("resolution, labels", [
