@@ -1,4 +1,4 @@
-"""Random SAM and SAM 2.1 checkpoints in the real file formats, for tests and benchmarks.
+"""Random CLIP, SAM and SAM 2.1 checkpoints in the real file formats, for tests and benchmarks.
 
 Real weights can never be downloaded here, so tests and benchmarks write a
 deterministic random checkpoint of a chosen architecture to disk and load it
@@ -17,7 +17,7 @@ from surgery.sam.architecture import VIT_B_ARCH, SamArchitecture, make_sam
 from surgery.sam.sam2_architecture import SAM2_ARCHITECTURES, Sam2Architecture, make_sam2
 
 __all__ = ["VIT_B_ARCH", "SMALL_ARCH", "random_sam_state_dict", "write_random_sam_checkpoint",
-           "random_sam2_state_dict", "write_random_sam2_checkpoint"]
+           "random_sam2_state_dict", "write_random_sam2_checkpoint", "write_random_clip_checkpoint"]
 
 # Small but structurally complete: 16×16 token grid, window 5 (so windows are
 # padded, 16 → 20), two windowed and two global blocks.
@@ -136,4 +136,23 @@ def write_random_sam2_checkpoint(path: str | os.PathLike, arch: Sam2Architecture
         save_file(weights, str(path))
     else:
         torch.save({"model": weights}, str(path))
+    return path
+
+
+def write_random_clip_checkpoint(path: str | os.PathLike, layers: int, width: int, seed: int = 0,
+                                 patch_size: int = 16) -> Path:
+    """A random CLIP ViT as OpenAI's state dict lays one out (the tiny parity checkpoint's format), as
+    .safetensors: `layers` vision blocks of `width` (width / 64 heads), a 224 px position grid and a
+    two-block text tower of width 64, built by open_clip's own CLIP class."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(
+        embed_dim=64, vision_cfg=open_clip.model.CLIPVisionCfg(layers=layers, width=width, patch_size=patch_size,
+                                                               image_size=224),
+        text_cfg=open_clip.model.CLIPTextCfg(layers=2, width=64, heads=1, context_length=77, vocab_size=49408))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
     return path

@@ -121,6 +121,33 @@ def test_the_explainer_agrees_with_the_independent_port(explainer, segmenter, po
     assert np.abs(got - want).max() <= PROXY_KERNEL_TOLERANCE
 
 
+def test_other_weights_a_twelve_block_tower_at_640_px_agrees_with_the_port(tmp_path, segmenter, port_encoder):
+    """Other weights than the fixture's (12 vision blocks, so the layer indices are the published ones,
+    width 128), 640 px, five labels, a JPEG of another size: the maps through the CLI's loader agree
+    with the independent port."""
+    from checkpoints import write_random_clip_checkpoint
+    from surgery.images import load_image
+    from surgery.loading import load_clip
+
+    explainer = load_clip(checkpoint=write_random_clip_checkpoint(tmp_path / "clip12.safetensors", 12, 128, seed=12),
+                          device="cpu")
+    assert len(explainer.model.visual.transformer.resblocks) == 12
+    image = load_image(ROOT / "assets" / "rocket.jpg")
+    labels = ("rocket", "smoke", "sky", "tower", "light")
+    maps = explainer.compute_maps(image, parse_labels(", ".join(labels)).labels, MapOptions(640, methods=GUIDED),
+                                  proxy=segmenter.proxy)
+    features = explainer.text_features(list(labels), IMAGENET_TEMPLATES)
+    for method, port in (("scclip", oracle.scclip_map), ("resclip", oracle.resclip_map)):
+        got = np.stack([lm.maps[method] for lm in maps.labels])
+        assert got.shape == (5, 40, 40)
+        assert float(np.abs(got - port(explainer.model, image, 640, features)).max()) <= TOLERANCE, method
+    want, margin = oracle.proxyclip_outputs(explainer.model, port_encoder, image, 640, features)
+    got = np.stack([lm.maps["proxyclip"] for lm in maps.labels])
+    clear = margin > CLEAR_OF_THE_CUT
+    assert clear.mean() > 0.95 and np.abs(got - want)[:, clear].max() <= TOLERANCE
+    assert np.abs(got - want).max() <= PROXY_KERNEL_TOLERANCE
+
+
 def test_one_trunk_for_every_method_and_one_proxy_encoding_per_image_and_resolution(segmenter, calls):
     from surgery.loading import load_clip
 
