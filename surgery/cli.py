@@ -31,6 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
                                   epilog=EXIT_CODES_HELP)
     explain.add_argument("images", nargs="+", help="image files or folders of images")
     add_explain_options(explain)
+    explain.add_argument("--extra-points", default=None, metavar="JSON",
+                         help='your own points, added to the derived ones, in the pixels of the image worked on '
+                              '(after --max-side): \'{"rocket": [[120, 40, 1], [10, 10, 0]]}\' (1 positive, '
+                              '0 negative); one image only')
+    explain.add_argument("--truth-label", default=None, metavar="LABEL",
+                         help="score each map and the SAM mask against --truth-mask for this label "
+                              "(result.json's truth: areas and IoU); one image only")
+    explain.add_argument("--truth-mask", type=Path, default=None, metavar="PNG",
+                         help="the label's pixels: white (or opaque) on black, the image's shape at any size")
     explain.add_argument("--format", choices=("files", "coco"), default="files",
                          help="'coco' also writes coco.json (RLE masks, one category per label)")
     explain.add_argument("--out", type=Path, default=Path("out"), help="output folder (default ./out)")
@@ -66,6 +75,9 @@ def run_explain(args: argparse.Namespace) -> int:
     images = expand_images(args.images)
     if not images:
         raise InputError("No images found in the given folders.")
+    if len(images) > 1 and (request.points.extra_points or request.truth is not None):
+        raise InputError("--extra-points and --truth-mask describe one image; "
+                         f"give one image (got {len(images)}).")
     explainer = load_clip(args.model, args.clip_checkpoint, text_cache_dir=default_text_cache_dir(), device=device)
     explainer.check_fits(request.maps)  # once, not once per image
     if args.no_sam:

@@ -329,3 +329,58 @@ def test_help_states_the_exit_codes(command):
     assert done.returncode == 0
     text = " ".join(done.stdout.split())
     assert "exit codes: 0 every image done; 1 some images failed" in text and "2 a usage error" in text
+
+
+def test_own_points_and_a_truth_mask_for_one_image(tmp_path):
+    """--extra-points reach SAM and result.json; --truth-label/--truth-mask score every map and the mask
+    (recomputed here by tests/iou_reference.py from maps.npz and mask_rocket.png)."""
+    from iou_reference import bilinear, close_counts, overlap, stretched
+
+    truth = np.zeros((427, 640), np.uint8)
+    truth[100:300, 250:350] = 255
+    Image.fromarray(truth).save(tmp_path / "truth.png")
+    common = [str(ASSETS / "rocket.jpg"), "--labels", "rocket, smoke", "--clip-checkpoint", str(TINY_CLIP),
+              "--sam-checkpoint", "tests/data/sam_tiny.safetensors", "--resolution", "224"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def explain(out: Path, *extra: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "surgery", "explain", *common, *extra, "--out", str(out)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return json.loads((out / "rocket" / "result.json").read_text())
+
+    plain = explain(tmp_path / "plain")
+    points = [[320, 200, 1], [20, 20, 0]]
+    result = explain(tmp_path / "own", "--extra-points", json.dumps({"rocket": points}), "--truth-label", "Rocket",
+                     "--truth-mask", str(tmp_path / "truth.png"))
+    rocket, before = result["labels"][0], plain["labels"][0]
+    assert result["extra_points"] == {"rocket": points}
+    assert all(point in rocket["points"] for point in points) and len(rocket["points"]) == len(before["points"]) + 2
+    assert rocket["mask_area"] != before["mask_area"]  # SAM was given the new points
+    score, mask = result["truth"], truth >= 128
+    assert score["label"] == "rocket" and score["area"] == int(mask.sum())
+    with np.load(tmp_path / "own" / "rocket" / "maps.npz") as maps:
+        for method in ("clip", "surgery"):
+            region = bilinear(stretched(maps[method][0]), 427, 640) >= 0.5  # threshold off: stretched maps
+            assert close_counts(score["maps"][method], overlap(region, mask), 427 * 640), method
+    sam = np.array(Image.open(tmp_path / "own" / "rocket" / "mask_rocket.png").convert("L")) >= 128
+    assert (score["sam_mask"]["intersection"], score["sam_mask"]["union"]) == overlap(sam, mask)
+
+
+@pytest.mark.parametrize("extra, mentions", [
+    (["--extra-points", "{not json"], "not JSON"),
+    (["--extra-points", '{"giraffe": [[1, 1, 1]]}'], "not one of the labels"),
+    (["--extra-points", '{"rocket": [[1, 1, 2]]}'], "1 (positive) or 0 (negative)"),
+    (["--truth-label", "rocket"], "or neither"),
+    (["--truth-label", "rocket", "--truth-mask", "missing.png"], "could not be opened"),
+    (["--truth-label", "rocket", "--truth-mask", "README.md"], "not an image"),
+    ([str(ASSETS / "chelsea.jpg"), "--truth-label", "rocket", "--truth-mask", "assets/chelsea.jpg"],
+     "give one image (got 2)"),
+])
+def test_bad_points_or_truth_exit_2_with_one_line(tmp_path, extra, mentions):
+    done = subprocess.run([sys.executable, "-m", "surgery", "explain", str(ASSETS / "rocket.jpg"), *extra, "--labels",
+                           "rocket", *COMMON, "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and mentions in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()
