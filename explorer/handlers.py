@@ -270,8 +270,9 @@ class Handlers:
             precision: "fp32", "bf16" or "fp16" (GPU only) for the image encoders; default: bf16 on a GPU, fp32 on a CPU.
             instances: one mask per connected region of a label.
             positive_only: send SAM positive points only.
-            methods: the maps to compute, from clip, surgery, maskclip, sclip, clearclip, naclip
-                (default clip and surgery; a list or a comma-separated text).
+            methods: the maps to compute, from clip, surgery, maskclip, sclip, clearclip, naclip, scclip, resclip
+                and proxyclip (which needs a SAM vit_* model) (default clip and surgery; a list or a comma-separated
+                text).
             points_from: the method whose map decides found / not found and gives SAM's points (default: CLIP
                 Surgery when it is computed, else the first of the methods).
             include_files: also return the zip of every output file and the overlay images.

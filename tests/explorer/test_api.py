@@ -230,3 +230,13 @@ def test_a_truth_mask_of_another_shape_or_label_is_refused(app, tmp_path):
         with pytest.raises(Exception) as error:
             explain(app, threshold=0, sam_choice="off", **kwargs)
         assert words in str(error.value) and "Traceback" not in str(error.value)
+
+
+def test_the_api_description_names_every_method():
+    """The API page and MCP show explain's docstring: a method missing from it is one nobody scripts."""
+    from explorer.handlers import Handlers
+    from surgery.method.table import METHOD_TABLE
+
+    methods_line = Handlers.explain.__doc__.split("methods:")[1].split("points_from:")[0]
+    named = {word.strip(",.() ") for word in methods_line.split()}
+    assert set(METHOD_TABLE) <= named, set(METHOD_TABLE) - named
