@@ -155,7 +155,7 @@ class Handlers:
 
     def _checked_request(self, image, labels_text, threshold, resolution, redundancy, sam_choice, precision,
                          instances, positive_only, methods, points_from, extra_points=None, truth_label=None,
-                         truth_mask=None) -> tuple[ExplainRequest, tuple | None]:
+                         truth_mask=None, removed_points=None) -> tuple[ExplainRequest, tuple | None]:
         """Everything about a request that can be refused without a model, checked once: the explanation
         request (`surgery.request.build_request`, the precision resolved for where the models run) and
         the SAM model's key (None: SAM off)."""
@@ -164,7 +164,8 @@ class Handlers:
         request = build_request(labels_text, threshold=threshold, resolution=resolution, redundancy=redundancy,
                                 methods=methods, points_from=points_from, precision=precision,
                                 device=self._placement(), instances=instances, positive_only=positive_only,
-                                extra_points=extra_points, truth_label=truth_label, truth_mask=truth_mask)
+                                extra_points=extra_points, truth_label=truth_label, truth_mask=truth_mask,
+                                removed_points=removed_points)
         sam_key = self.store.sam_key(sam_choice, request.maps.precision)
         if sam_key is None:
             check_segmenter(request.maps.methods, None)  # with SAM on: once the model is known (_segmenter_for)
@@ -255,7 +256,8 @@ class Handlers:
     @user_errors
     def explain(self, image, labels_text, threshold=0.0, backbone=None, resolution=512, redundancy="vocab",
                 sam_choice=None, precision=None, instances=False, positive_only=False, methods=None,
-                points_from=None, include_files=False, extra_points=None, truth_label=None, truth_mask=None):
+                points_from=None, include_files=False, extra_points=None, truth_label=None, truth_mask=None,
+                removed_points=None):
         """Explain an image: where CLIP sees each label, by CLIP Surgery (and other methods), with SAM masks.
 
         Args:
@@ -284,6 +286,9 @@ class Handlers:
             truth_mask: a black-and-white picture of the image, white where truth_label is (or the label's pixels
                 painted on a transparent layer), the image's size or its shape scaled; result.json's "truth"
                 then holds the IoU of each map's region and of the SAM mask with it (docs/method.md §10).
+            removed_points: derived points to leave out, per label, as result.json lists them: {label: [[x, y,
+                1 or 0], ...]} (the page's "removes the nearest point"; a row that is not one of the label's
+                derived points changes nothing). With extra_points, this replays any page's edits.
 
         Returns:
             result: result.json's content (per label: found, points, presence, mask score and area, candidates).
@@ -294,7 +299,7 @@ class Handlers:
         _check_flag("include_files", include_files)
         request, sam_key = self._checked_request(image, labels_text, threshold, resolution, redundancy, sam_choice,
                                                  precision, instances, positive_only, methods, points_from,
-                                                 extra_points, truth_label, truth_mask)
+                                                 extra_points, truth_label, truth_mask, removed_points)
         segmenter = self._segmenter_for(request, sam_key)
         working, request, explainer, maps, notes = self._maps(image, request, backbone, sam_key)
         state = S.SessionState(

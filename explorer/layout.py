@@ -83,7 +83,8 @@ API_DESCRIPTION = (
     "CLIP Surgery Explorer: why CLIP matches an image to a word. /explain takes an image and labels and "
     "returns result.json's content (per label: found, points, presence, SAM mask score and area), a summary, "
     "and on request the zip of all outputs and the overlay images. extra_points adds your own SAM points per "
-    "label; truth_label and truth_mask score each map and the mask against a ground-truth mask (IoU)."
+    "label (removed_points leaves derived ones out); truth_label and truth_mask score each map and the mask "
+    "against a ground-truth mask (IoU)."
 )
 
 
@@ -198,6 +199,7 @@ def build_demo(handlers: Handlers, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
         timer = gr.Timer(STATUS_POLL_S)
         include_files = gr.Checkbox(False, visible=False)
         extra_points = gr.JSON(visible=False, label="extra_points")
+        removed_points = gr.JSON(visible=False, label="removed_points")
         truth_label = gr.Textbox(visible=False, label="truth_label")
         truth_mask = SafeImage(type="pil", image_mode=None, visible=False, label="truth_mask")
         api_result = gr.JSON(visible=False, label="result")
@@ -216,6 +218,7 @@ def build_demo(handlers: Handlers, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
                   "precision": precision, "instances": instances, "positive_only": positive_only,
                   "methods": methods, "points_from": points_from, "include_files": include_files,
                   "extra_points": extra_points, "truth_label": truth_label, "truth_mask": truth_mask,
+                  "removed_points": removed_points,
                   "state": state, "mask_label": mask_label, "mask_candidate": mask_candidate,
                   "truth_choice": truth_choice, "truth_drawing": truth_drawing, "truth_upload": truth_upload,
 }

@@ -59,14 +59,15 @@ def build_request(labels: str | Sequence[Label] | None, *, threshold: object = N
                   methods: object = None, points_from: object = None, precision: object = None,
                   device: torch.device | str = "cpu", instances: object = False,
                   positive_only: object = False, extra_points: object = None, truth_label: object = None,
-                  truth_mask: object = None) -> ExplainRequest:
+                  truth_mask: object = None, removed_points: object = None) -> ExplainRequest:
     """An `ExplainRequest` from what a person gave, or an `InputError` whose one line says what to change.
 
     `labels` is the typed text (`"person, bench, cat+grass"`) or parsed `Label`s; `threshold` None or 0
     is off; `methods` names or a comma-separated text (None: CLIP and CLIP Surgery); `points_from` None
     takes CLIP Surgery when it is computed, else the first method; `precision` None takes the default
     of `device`, the (already resolved) device where the models run. `extra_points` is
-    `{label: [[x, y, 1 or 0], ...]}` in the working image's pixels, added to the derived points;
+    `{label: [[x, y, 1 or 0], ...]}` in the working image's pixels, added to the derived points, and
+    `removed_points` derived points to leave out, in the same form;
     `truth_label` and `truth_mask` (a picture or array of the label's pixels, `surgery.method.scoring`)
     ask for the maps and the mask to be scored.
     """
@@ -80,6 +81,6 @@ def build_request(labels: str | Sequence[Label] | None, *, threshold: object = N
     # None is off, as an unticked box; anything but true or false is refused by PointOptions
     points = PointOptions(instances=False if instances is None else instances,
                           positive_only=False if positive_only is None else positive_only,
-                          extra_points=extra_points).for_labels(parsed.labels)
+                          extra_points=extra_points, removed_points=removed_points).for_labels(parsed.labels)
     truth = check_truth(truth_label, truth_mask, parsed.labels)
     return ExplainRequest(parsed.labels, maps, threshold_value, points, parsed.notes, truth)

@@ -173,6 +173,22 @@ def test_extra_points_join_the_derived_points_and_change_the_mask(app):
     assert plain["extra_points"] == {}
 
 
+def test_removed_points_leave_derived_points_out_and_replay_an_edit(app):
+    plain = explain(app, threshold=0)[0]
+    cat = plain["labels"][0]
+    dropped, mine = cat["points"][:2], [[40, 260, 1]]
+    result = explain(app, threshold=0, removed_points={"CAT": dropped + [[1, 1, 1]]}, extra_points={"cat": mine})[0]
+    assert result["removed_points"] == {"cat": dropped + [[1, 1, 1]]}  # a row that is no derived point: no effect
+    assert result["labels"][0]["points"] == cat["points"][2:] + mine
+    assert result["labels"][1]["points"] == plain["labels"][1]["points"]
+    assert result["labels"][0]["mask_candidates"] != cat["mask_candidates"]
+    replayed = explain(app, threshold=0, removed_points=result["removed_points"], extra_points=result["extra_points"])
+    assert replayed[0]["labels"] == result["labels"]  # result.json's edits give the same result again
+    with pytest.raises(Exception) as error:
+        explain(app, threshold=0, sam_choice="off", removed_points={"dog": [[1, 1, 1]]})
+    assert "removed_points names 'dog'" in str(error.value)
+
+
 @pytest.mark.parametrize("extra_points, words", [
     ({"cat": [[451, 10, 1]]}, "outside the 451×300 image"),
     ({"cat": [[10, -1, 1]]}, "outside the 451×300 image"),
