@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help='your own points, added to the derived ones, in the pixels of the image worked on '
                               '(after --max-side): \'{"rocket": [[120, 40, 1], [10, 10, 0]]}\' (1 positive, '
                               '0 negative); one image only')
+    explain.add_argument("--removed-points", default=None, metavar="JSON",
+                         help="derived points to leave out, in the same form (as result.json lists a page's "
+                              "edits); one image only")
     explain.add_argument("--truth-label", default=None, metavar="LABEL",
                          help="score each map and the SAM mask against --truth-mask for this label "
                               "(result.json's truth: areas and IoU); one image only")
@@ -75,8 +78,9 @@ def run_explain(args: argparse.Namespace) -> int:
     images = expand_images(args.images)
     if not images:
         raise InputError("No images found in the given folders.")
-    if len(images) > 1 and (request.points.extra_points or request.truth is not None):
-        raise InputError("--extra-points and --truth-mask describe one image; "
+    edits = request.points.extra_points or request.points.removed_points
+    if len(images) > 1 and (edits or request.truth is not None):
+        raise InputError("--extra-points, --removed-points and --truth-mask describe one image; "
                          f"give one image (got {len(images)}).")
     explainer = load_clip(args.model, args.clip_checkpoint, text_cache_dir=default_text_cache_dir(), device=device)
     explainer.check_fits(request.maps)  # once, not once per image

@@ -84,13 +84,14 @@ def add_explain_options(explain: argparse.ArgumentParser) -> None:
 
 def request_from_args(args: argparse.Namespace, device) -> ExplainRequest:
     """The explanation request the options describe, checked once (`build_request`); notes on stderr.
-    `explain`'s --extra-points, --truth-label and --truth-mask are read where the command has them."""
+    `explain`'s --extra-points, --removed-points, --truth-label and --truth-mask are read where the command has them."""
     request = build_request(args.labels, threshold=args.threshold, resolution=args.resolution,
                             redundancy=args.redundancy, methods=args.methods, points_from=args.points_from,
                             precision=args.precision, device=device, instances=args.instances,
                             positive_only=args.positive_only, extra_points=getattr(args, "extra_points", None),
                             truth_label=getattr(args, "truth_label", None),
-                            truth_mask=_truth_picture(getattr(args, "truth_mask", None)))
+                            truth_mask=_truth_picture(getattr(args, "truth_mask", None)),
+                            removed_points=getattr(args, "removed_points", None))
     for note in request.notes:
         print(f"note: {note}", file=sys.stderr)
     return request

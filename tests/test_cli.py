@@ -332,8 +332,8 @@ def test_help_states_the_exit_codes(command):
 
 
 def test_own_points_and_a_truth_mask_for_one_image(tmp_path):
-    """--extra-points reach SAM and result.json; --truth-label/--truth-mask score every map and the mask
-    (recomputed here by tests/iou_reference.py from maps.npz and mask_rocket.png)."""
+    """--extra-points and --removed-points reach SAM and result.json; --truth-label/--truth-mask score every
+    map and the mask (recomputed here by tests/iou_reference.py from maps.npz and mask_rocket.png)."""
     from iou_reference import bilinear, close_counts, overlap, stretched
 
     truth = np.zeros((427, 640), np.uint8)
@@ -350,12 +350,13 @@ def test_own_points_and_a_truth_mask_for_one_image(tmp_path):
         return json.loads((out / "rocket" / "result.json").read_text())
 
     plain = explain(tmp_path / "plain")
-    points = [[320, 200, 1], [20, 20, 0]]
-    result = explain(tmp_path / "own", "--extra-points", json.dumps({"rocket": points}), "--truth-label", "Rocket",
+    points, before = [[320, 200, 1], [20, 20, 0]], plain["labels"][0]
+    result = explain(tmp_path / "own", "--extra-points", json.dumps({"rocket": points}), "--removed-points",
+                     json.dumps({"rocket": before["points"][:1]}), "--truth-label", "Rocket",
                      "--truth-mask", str(tmp_path / "truth.png"))
-    rocket, before = result["labels"][0], plain["labels"][0]
-    assert result["extra_points"] == {"rocket": points}
-    assert all(point in rocket["points"] for point in points) and len(rocket["points"]) == len(before["points"]) + 2
+    rocket = result["labels"][0]
+    assert result["extra_points"] == {"rocket": points} and result["removed_points"] == {"rocket": before["points"][:1]}
+    assert rocket["points"] == before["points"][1:] + points
     assert rocket["mask_area"] != before["mask_area"]  # SAM was given the new points
     score, mask = result["truth"], truth >= 128
     assert score["label"] == "rocket" and score["area"] == int(mask.sum())
@@ -382,5 +383,6 @@ def test_bad_points_or_truth_exit_2_with_one_line(tmp_path, extra, mentions):
                            "rocket", *COMMON, "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = [line for line in done.stderr.splitlines() if line.strip()]
-    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and mentions in lines[0], done.stderr
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("error:") and mentions in lines[0], done.stderr
     assert not (tmp_path / "out").exists()
