@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .device import DEVICE_CHOICES
 from .hub.registry import CLIP_CHECKPOINTS, DEFAULT_CLIP, DEFAULT_SAM_CPU, DEFAULT_SAM_GPU, SAM_CHECKPOINTS
-from .images import WORK_MAX_SIDE, open_picture
+from .images import WORK_MAX_SIDE
 from .method.options import (DEFAULT_REDUNDANCY, DEFAULT_RESOLUTION, MIN_RESOLUTION, PRECISIONS,
                              REDUNDANCY_MODES)
 from .method.table import DEFAULT_METHODS, METHOD_TABLE, PREFERRED_POINTS_FROM
@@ -84,20 +84,15 @@ def add_explain_options(explain: argparse.ArgumentParser) -> None:
 
 def request_from_args(args: argparse.Namespace, device) -> ExplainRequest:
     """The explanation request the options describe, checked once (`build_request`); notes on stderr.
-    `explain`'s --extra-points, --removed-points, --truth-label and --truth-mask are read where the command has them."""
+    `explain`'s --extra-points, --removed-points, --truth-label and --truth-mask (a file path, which
+    `build_request` reads) are taken where the command has them."""
     request = build_request(args.labels, threshold=args.threshold, resolution=args.resolution,
                             redundancy=args.redundancy, methods=args.methods, points_from=args.points_from,
                             precision=args.precision, device=device, instances=args.instances,
                             positive_only=args.positive_only, extra_points=getattr(args, "extra_points", None),
                             truth_label=getattr(args, "truth_label", None),
-                            truth_mask=_truth_picture(getattr(args, "truth_mask", None)),
+                            truth_mask=getattr(args, "truth_mask", None),
                             removed_points=getattr(args, "removed_points", None))
     for note in request.notes:
         print(f"note: {note}", file=sys.stderr)
     return request
-
-
-
-def _truth_picture(path: Path | None):
-    """The --truth-mask file as a picture (None: not given); one-line `InputError`s as for images."""
-    return None if path is None else open_picture(path, f"--truth-mask {path.name}")

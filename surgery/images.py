@@ -50,12 +50,6 @@ def _open_checked(source: str | os.PathLike | bytes | Image.Image, name: str) ->
     return image
 
 
-def open_picture(path: str | os.PathLike, name: str) -> Image.Image:
-    """A picture file opened under the same checks as an image (readable, a known format, not a
-    decompression bomb), its mode kept (a mask's transparency counts); the pixels are read when used."""
-    return _open_checked(path, name)
-
-
 def check_pixel_count(width: int, height: int, name: str = "The image") -> None:
     if width * height > MAX_PIXELS:
         raise InputError(
