@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import newer_reference as oracle
 from conftest import DATA
 from PIL import Image
 
@@ -245,12 +246,9 @@ def test_proxyclip_parity(explainer, visual, rocket, cases, expected, sam_encode
 
 
 def rows_away_from_the_cut(proxy: torch.Tensor) -> np.ndarray:
-    """(M,) True where none of a proxy position's attention logits (METHODS2.md: gamma (Sim - beta
-    mean Sim)) lies within NEAR_CUT of 0, the cut: the rows no kernel's rounding can flip."""
-    unit = torch.nn.functional.normalize(proxy[0].float().flatten(1), dim=0)
-    similarity = unit.T @ unit
-    logits = (similarity - similarity.mean() * gm.PROXYCLIP_BETA) * gm.PROXYCLIP_GAMMA
-    return (logits.abs().min(dim=1).values >= NEAR_CUT).numpy()
+    """(M,) True where none of a proxy position's attention logits (the independent port's) lies within
+    NEAR_CUT of 0, the cut: the rows no kernel's rounding can flip."""
+    return (oracle.proxy_logits(proxy[0].float()).abs().min(dim=1).values >= NEAR_CUT).numpy()
 
 
 def test_proxyclip_needs_its_own_encoder_pass(explainer, visual, rocket, cases, expected, sam_checkpoint):
